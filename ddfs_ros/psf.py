@@ -1,0 +1,136 @@
+"""Disk point-spread functions and their spectra.
+
+A defocused point images to a disk of diameter ``c_px`` (see :mod:`ddfs_ros.optics`),
+so the PSF is a pillbox of radius ``r = c_px / 2`` pixels.  Rim pixels get the
+fraction of their area inside the disk (anti-aliased), the kernel is normalised to
+sum 1, and ``r < 0.5`` is a delta (the disk fits inside one pixel).
+
+Spectra follow ``skimage.restoration.uft.ir2tf``: the kernel is zero-padded to the
+image size and rolled so that its centre sits at pixel (0, 0) (circular boundary),
+then transformed with a plain (non-unitary) real FFT.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Sequence
+
+import numpy as np
+import torch
+
+#: Samples per pixel along x for the rim-area integral (exact along y).
+AREA_SAMPLES = 64
+DELTA_RADIUS_PX = 0.5
+
+
+def disk_psfs(radii_px: Sequence[float] | np.ndarray, half_size: int | None = None) -> np.ndarray:
+    """Anti-aliased disk PSFs for many radii at once.
+
+    Args:
+        radii_px: K radii in pixels (>= 0).
+        half_size: R, the kernels are (2R+1) x (2R+1); default ``ceil(max radius)``.
+
+    Returns:
+        K x (2R+1) x (2R+1) float64, each summing to 1.
+
+    The area of the disk inside pixel [x0, x1] x [y0, y1] is the integral over x of the
+    overlap of [y0, y1] with the disk's chord [-h(x), h(x)], h = sqrt(r^2 - x^2): exact
+    along y, midpoint rule with ``AREA_SAMPLES`` points along x.
+    """
+    r = np.atleast_1d(np.asarray(radii_px, dtype=np.float64))
+    if np.any(~np.isfinite(r)) or np.any(r < 0):
+        raise ValueError('PSF radii must be finite and >= 0')
+    big = max(float(r.max()), DELTA_RADIUS_PX)
+    R = int(math.ceil(big)) if half_size is None else int(half_size)
+    offs = np.arange(-R, R + 1, dtype=np.float64)
+    # x samples inside each pixel column: (2R+1) x S
+    t = (np.arange(AREA_SAMPLES) + 0.5) / AREA_SAMPLES - 0.5
+    xs = offs[:, None] + t[None, :]
+    h = np.sqrt(np.clip(r[:, None, None] ** 2 - xs[None] ** 2, 0.0, None))  # K x X x S
+    y0 = offs[None, :, None, None] - 0.5                                     # 1 x Y x 1 x 1
+    y1 = y0 + 1.0
+    overlap = np.clip(np.minimum(y1, h[:, None]) - np.maximum(y0, -h[:, None]), 0.0, None)
+    area = overlap.mean(axis=-1)                                             # K x Y x X
+    delta = r < DELTA_RADIUS_PX
+    if np.any(delta):
+        area[delta] = 0.0
+        area[delta, R, R] = 1.0
+    return area / area.sum(axis=(1, 2), keepdims=True)
+
+
+def disk_psf(radius_px: float) -> np.ndarray:
+    """One anti-aliased disk PSF, (2R+1) x (2R+1) with R = ceil(radius), sums to 1."""
+    return disk_psfs([radius_px])[0]
+
+
+def kernels_to_spectra(kernels: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Spectra of centred odd-size kernels on an H x W circular grid.
+
+    Args:
+        kernels: ... x k x k real tensor, k odd, centre at (k//2, k//2).
+        shape: (H, W) of the image.
+
+    Returns:
+        ... x H x (W//2 + 1) complex tensor (``torch.fft.rfft2`` of the rolled kernel),
+        on the kernels' device.
+    """
+    H, W = shape
+    k = kernels.shape[-1]
+    R = k // 2
+    if k > H or k > W:
+        raise ValueError(f'PSF of size {k} does not fit an image of {H} x {W}')
+    lead = kernels.shape[:-2]
+    padded = kernels.new_zeros(*lead, H, W)
+    idx = torch.arange(-R, R + 1, device=kernels.device)
+    rows = (idx % H)[:, None]
+    cols = (idx % W)[None, :]
+    padded[..., rows, cols] = kernels
+    return torch.fft.rfft2(padded)
+
+
+def laplacian_spectrum(shape: tuple[int, int], device='cpu', dtype=torch.float32) -> torch.Tensor:
+    """Spectrum of the 3x3 Laplacian regulariser (centre 4, four neighbours -1), H x (W//2+1)."""
+    lap = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]], dtype=dtype, device=device)
+    return kernels_to_spectra(lap, shape)
+
+
+class SpectrumCache:
+    """A small LRU of PSF spectra keyed by (radii, image size, device, dtype).
+
+    Radii are rounded to 1e-6 px for the key, so repeated stacks with the same camera
+    settings and hypotheses reuse the same spectra.
+    """
+
+    def __init__(self, max_entries: int = 8) -> None:
+        self.max_entries = max_entries
+        self._store: OrderedDict = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key, build):
+        if key in self._store:
+            self._store.move_to_end(key)
+            self.hits += 1
+            return self._store[key]
+        self.misses += 1
+        value = build()
+        self._store[key] = value
+        if len(self._store) > self.max_entries:
+            self._store.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._store.clear()
+
+
+def radii_key(radii_px: np.ndarray) -> bytes:
+    """Hashable key of a radius array (rounded to 1e-6 px)."""
+    return np.round(np.asarray(radii_px, dtype=np.float64), 6).tobytes() + str(np.shape(radii_px)).encode()
+
+
+def psf_spectra(radii_px: np.ndarray, shape: tuple[int, int], device='cpu',
+                dtype=torch.float32) -> torch.Tensor:
+    """Spectra of disk PSFs for an array of radii: radii.shape + (H, W//2+1), complex."""
+    radii = np.asarray(radii_px, dtype=np.float64)
+    kernels = torch.as_tensor(disk_psfs(radii.reshape(-1)), dtype=dtype, device=device)
+    return kernels_to_spectra(kernels, shape).reshape(*radii.shape, shape[0], shape[1] // 2 + 1)
