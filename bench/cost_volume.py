@@ -1,0 +1,117 @@
+"""Benchmark: the project's cost volume vs the reference loop, side by side in one run.
+
+    python -m bench.cost_volume [--size 256] [--frames 5] [--depths 64] [--device cpu|cuda]
+
+Input: a focal stack of the built-in real scene (Middlebury motorcycle) rendered by
+``ddfs_ros.render`` (RGB, F frames, focus uniform in dioptres over the scene).
+Times, on the same input and the same machine:
+- the reference loop (``bench.reference``: skimage Wiener per frame, hypothesis and
+  channel + scipy Gaussian), once (it takes seconds);
+- the project's ``CostVolume`` with its filter bank cached (steady state, as in the
+  node: median of ``--repeat`` runs) and cold (first call, building the filters);
+- the D * F * C inverse FFTs alone, in the same chunks and buffers the cost volume
+  uses: the work no implementation of the method can avoid.
+Last line: ``cost_volume speedup_vs_reference=<x> fft_fraction=<f> max_abs_diff=<y>
+ms_per_stack=<z> device=<cpu|cuda>``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from bench.reference import reference_cost_volume
+from ddfs_ros.cost_volume import CostVolume
+from ddfs_ros.optics import LensModel, depth_hypotheses, focus_schedule
+from ddfs_ros.render import render_focal_stack
+from ddfs_ros.scenes import motorcycle_scene
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_inverse_ffts(cv: CostVolume, frames: torch.Tensor, D: int, repeat: int) -> float:
+    """Median seconds of the D*F*C inverse FFTs alone, chunked exactly like ``raw_cost``."""
+    B, F, C, H, W = frames.shape
+    step = cv.depths_per_chunk(frames.shape)
+    spec = torch.randn(step, B, F, C, H, W // 2 + 1, dtype=torch.complex64, device=frames.device)
+    out = torch.empty(step, B, F, C, H, W, device=frames.device)
+    times = []
+    for _ in range(repeat + 1):
+        _sync(frames.device)
+        t0 = time.perf_counter()
+        for j0 in range(0, D, step):
+            d = min(step, D - j0)
+            torch.fft.irfft2(spec[:d], s=(H, W), out=out[:d])
+        _sync(frames.device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--size', type=int, default=256)
+    ap.add_argument('--frames', type=int, default=5)
+    ap.add_argument('--depths', type=int, default=64)
+    ap.add_argument('--repeat', type=int, default=7)
+    ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    ap.add_argument('--skip-reference', action='store_true', help='GPU runs: skip the slow CPU loop')
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+
+    scene = motorcycle_scene(args.size)
+    lens = LensModel(focal_length_m=0.025, f_number=2.0, pixel_pitch_m=21e-6 * 256 / args.size)
+    lo, hi = np.percentile(scene.depth_m, [5, 95])
+    focus = focus_schedule(float(lo), float(hi), args.frames, 'dioptre')
+    frames = render_focal_stack(scene.rgb, scene.depth_m, focus, lens, rng=np.random.default_rng(0))
+    depths = depth_hypotheses(float(scene.depth_m.min()) * 0.9, float(scene.depth_m.max()) * 1.1, args.depths)
+    fchw = torch.from_numpy(np.ascontiguousarray(np.moveaxis(frames, -1, 1))).to(device)
+    F, C, H, W = fchw.shape
+    print(f'input: motorcycle {H}x{W} RGB, F={F}, D={args.depths}, focus {np.round(focus, 2).tolist()} m, '
+          f'torch {torch.__version__}, {torch.get_num_threads()} threads, device={device}')
+
+    cv = CostVolume(device=device)
+    call = (focus, lens.f_number, lens.focal_length_m, lens.pixel_pitch_m, depths)
+    _sync(device)
+    t0 = time.perf_counter()
+    ours = cv(fchw, *call)
+    _sync(device)
+    cold = time.perf_counter() - t0
+    warm = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        ours = cv(fchw, *call)
+        _sync(device)
+        warm.append(time.perf_counter() - t0)
+    ms = statistics.median(warm) * 1e3
+    fft_s = time_inverse_ffts(cv, fchw[None], args.depths, args.repeat)
+    fft_fraction = fft_s * 1e3 / ms
+    print(f'ours:      {ms:9.1f} ms/stack (median of {args.repeat}, filters cached), cold {cold * 1e3:.1f} ms')
+    print(f'ifft only: {fft_s * 1e3:9.1f} ms  ({args.depths * F * C} inverse FFTs of {H}x{W}) '
+          f'-> fft_fraction {fft_fraction:.2f}')
+
+    if args.skip_reference:
+        speedup, max_diff = float('nan'), float('nan')
+    else:
+        t0 = time.perf_counter()
+        ref = reference_cost_volume(frames.astype(np.float64), focus, lens.f_number, lens.focal_length_m,
+                                    lens.pixel_pitch_m, depths)
+        ref_s = time.perf_counter() - t0
+        diff = np.abs(ours.cpu().double().numpy() - ref)
+        max_diff = float(diff.max())
+        speedup = ref_s * 1e3 / ms
+        print(f'reference: {ref_s * 1e3:9.1f} ms/stack (skimage wiener x {args.depths * F * C} + scipy)')
+        print(f'agreement: median |diff| {np.median(diff):.2e}, p99 {np.percentile(diff, 99):.2e}, max {max_diff:.2e}')
+        if np.median(diff) > 1e-3:
+            raise SystemExit(f'cost volume disagrees with the reference (median {np.median(diff):.3g})')
+    print(f'cost_volume speedup_vs_reference={speedup:.2f} fft_fraction={fft_fraction:.2f} '
+          f'max_abs_diff={max_diff:.2e} ms_per_stack={ms:.1f} device={device.type}')
+
+
+if __name__ == '__main__':
+    main()

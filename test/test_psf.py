@@ -1,0 +1,59 @@
+"""Anti-aliased disk PSFs and their spectra."""
+import numpy as np
+import pytest
+import torch
+from skimage.restoration import uft
+
+from ddfs_ros.psf import disk_psf, disk_psfs, kernels_to_spectra, laplacian_spectrum, psf_spectra
+
+
+@pytest.mark.parametrize('r', [0.0, 0.3, 0.5, 0.9, 1.7, 3.2, 6.0])
+def test_psf_sums_to_one_and_is_symmetric(r):
+    k = disk_psf(r)
+    assert k.sum() == pytest.approx(1.0, abs=1e-12)
+    assert np.allclose(k, k[::-1, :]) and np.allclose(k, k.T)
+    assert k.shape[0] % 2 == 1
+
+
+def test_small_radius_is_a_delta():
+    for r in (0.0, 0.2, 0.49):
+        k = disk_psf(r)
+        c = k.shape[0] // 2
+        assert k[c, c] == 1.0 and k.sum() == 1.0
+
+
+def test_area_grows_as_r_squared():
+    # Before normalisation the kernel integrates to the disk area pi r^2; after it,
+    # the centre value is 1 / (pi r^2) for radii well above a pixel.
+    for r in (2.0, 4.0, 8.0):
+        k = disk_psf(r)
+        c = k.shape[0] // 2
+        assert 1.0 / k[c, c] == pytest.approx(np.pi * r * r, rel=1e-3)
+    # rim pixels are fractional (anti-aliased), interior ones full
+    k = disk_psf(3.3)
+    vals = np.unique(np.round(k / k.max(), 6))
+    assert 0.0 < vals[1] < 1.0 and len(vals) > 3
+
+
+def test_batch_matches_single():
+    radii = [0.2, 1.1, 2.6]
+    batch = disk_psfs(radii)
+    for r, b in zip(radii, batch):
+        single = disk_psf(r)
+        pad = (b.shape[0] - single.shape[0]) // 2
+        assert np.allclose(b[pad:pad + single.shape[0], pad:pad + single.shape[0]], single)
+
+
+def test_spectra_match_skimage_ir2tf():
+    shape = (32, 40)
+    k = disk_psf(2.4)
+    ours = psf_spectra(np.array([2.4]), shape, dtype=torch.float64)[0].numpy()
+    ref = uft.ir2tf(k, shape, is_real=True)
+    np.testing.assert_allclose(ours, ref, atol=1e-12)
+    lap_ref = uft.laplacian(2, shape, is_real=True)[0]
+    np.testing.assert_allclose(laplacian_spectrum(shape, dtype=torch.float64).numpy(), lap_ref, atol=1e-12)
+
+
+def test_kernel_larger_than_image_is_rejected():
+    with pytest.raises(ValueError):
+        kernels_to_spectra(torch.ones(9, 9), (8, 8))
