@@ -25,7 +25,7 @@ setup(
         (f'lib/{PACKAGE}', glob('resource/lib/*')),
     ],
     install_requires=[
-        'numpy', 'scipy', 'scikit-image', 'opencv-python-headless', 'torch>=2.1',
+        'numpy', 'scipy', 'numba', 'scikit-image', 'opencv-python-headless', 'torch>=2.1',
         'onnxruntime', 'rosbags', 'tqdm', 'matplotlib', 'pyyaml',
     ],
     extras_require={'test': ['pytest'], 'train': ['onnx']},

@@ -8,7 +8,8 @@ from scipy.ndimage import gaussian_filter
 from skimage.restoration import wiener
 
 from bench.reference import reference_cost_volume
-from ddfs_ros.cost_volume import CostVolume, GaussianSmoother
+from ddfs_ros import cost_kernels
+from ddfs_ros.cost_volume import CostVolume, GaussianSmoother, inverse_rfft2
 from ddfs_ros.optics import LensModel, coc_px, depth_hypotheses
 from ddfs_ros.psf import disk_psf, psf_spectra
 
@@ -39,6 +40,13 @@ def test_wiener_step_equals_skimage():
             for c in range(3):
                 ref = wiener(fr[i, :, :, c], psf, balance=0.01, clip=False)
                 np.testing.assert_allclose(ours[j, i, c], ref, atol=1e-10)
+
+
+def test_split_inverse_fft_equals_irfft2():
+    spec = torch.fft.rfft2(torch.rand(2, 3, 20, 18))
+    out = torch.empty(2, 3, 20, 18)
+    inverse_rfft2(spec, out, torch.empty_like(spec))
+    torch.testing.assert_close(out, torch.fft.irfft2(spec, s=(20, 18)), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize('method', ['matmul', 'opencv'])
@@ -159,6 +167,22 @@ def test_argmin_finds_the_plane_depth(depth_m):
     est = depths[vol[:, 8:-8, 8:-8].mean(dim=(1, 2)).argmin()]
     bin_width = depths[1] - depths[0]
     assert abs(est - depth_m) <= bin_width + 1e-9, (est, depth_m)
+
+
+@pytest.mark.skipif(not cost_kernels.available(), reason='numba not installed')
+@pytest.mark.parametrize('batch', [1, 2])
+def test_fused_cpu_kernel_equals_torch_path(batch):
+    """The numba kernel (CPU fast path) and the torch path (the CUDA path) agree."""
+    rng = np.random.default_rng(7)
+    fr = np.stack([np.moveaxis(_frames(rng, F=4, H=40, W=56), -1, 1) for _ in range(batch)])
+    args = ([0.12, 0.2, 0.3, 0.9], N, F_M, PITCH, depth_hypotheses(0.1, 1.5, 7))
+    fused = CostVolume(fused='on', max_coc_px=6.0)
+    plain = CostVolume(fused='off', max_coc_px=6.0)
+    filters = fused.wiener_filters(fused.blur_radii(args[0], [N] * 4, F_M, PITCH, args[4], 56), (40, 56))
+    x = torch.as_tensor(fr, dtype=torch.float32)
+    raw_f, raw_p = fused.raw_cost(x, filters), plain.raw_cost(x, filters)
+    torch.testing.assert_close(raw_f, raw_p, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused(fr[0], *args), plain(fr[0], *args), rtol=0, atol=1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
