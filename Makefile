@@ -33,7 +33,7 @@ bench: $(STAMP)
 	$(PY) -m bench.cost_volume
 	$(PY) -m bench.backends
 	$(PY) -m bench.node_latency
-	$(PY) -m bench.memory
+
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_out

@@ -21,7 +21,7 @@ setup(
         (f'share/{PACKAGE}', ['package.xml']),
         (f'share/{PACKAGE}/launch', glob('launch/*.py')),
         (f'share/{PACKAGE}/config', glob('config/*.yaml') + glob('config/*.xml') + glob('config/*.rviz')),
-        (f'share/{PACKAGE}/engines', glob('engines/*.onnx') + glob('engines/*.json')),
+        (f'share/{PACKAGE}/engines', glob('engines/*.onnx') + glob('engines/*.json') + glob('engines/*.pt2')),
         (f'lib/{PACKAGE}', glob('resource/lib/*')),
     ],
     install_requires=[

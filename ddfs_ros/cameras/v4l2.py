@@ -1,0 +1,186 @@
+"""V4L2 focus-sweep camera through OpenCV's ``VideoCapture``.
+
+- Autofocus off (``CAP_PROP_AUTOFOCUS = 0``), then per frame the focus control
+  (``CAP_PROP_FOCUS``, the UVC ``focus_absolute`` raw value) is set and
+  ``settle_frames`` frames are discarded while the lens moves.
+- Raw focus values map to distances through a calibration table, piecewise linear in
+  dioptres (1 / distance), the quantity a voice-coil lens is roughly linear in.  The
+  camera reports the distance of the raw value it actually set (read back from the
+  driver where it answers), never the distance it was asked for.
+- A missing or unplugged device, a rejected focus control or a failed read raise
+  :class:`CameraError`; :meth:`capture_sweep` retries with exponential back-off
+  (closing and reopening the device) and never returns a partial sweep.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from ..optics import LensModel
+from .base import CameraError, FocusCamera, Sweep
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FocusCalibration:
+    """Raw focus value <-> focus distance, piecewise linear in dioptres.
+
+    Args:
+        raw: K raw control values (any order, distinct).
+        distance_m: K focus distances (m) measured at those values; ``inf`` = focused at infinity.
+    """
+
+    raw: np.ndarray
+    distance_m: np.ndarray
+
+    def __post_init__(self) -> None:
+        raw = np.asarray(self.raw, dtype=np.float64)
+        dist = np.asarray(self.distance_m, dtype=np.float64)
+        if raw.ndim != 1 or raw.shape != dist.shape or raw.size < 2:
+            raise ValueError('focus calibration needs >= 2 (raw, distance) pairs of equal length')
+        if np.any(~np.isfinite(raw)) or np.any(np.isnan(dist)) or np.any(dist <= 0):
+            raise ValueError(f'focus calibration distances must be > 0 (inf allowed), got {dist.tolist()}')
+        dioptre = 1.0 / dist
+        order = np.argsort(raw)
+        raw, dioptre = raw[order], dioptre[order]
+        step = np.diff(dioptre)
+        if np.any(np.diff(raw) == 0) or not (np.all(step > 0) or np.all(step < 0)):
+            raise ValueError('focus calibration must be strictly monotonic: one distance per raw value')
+        with np.errstate(divide='ignore'):
+            self.raw, self.distance_m, self._dioptre = raw, 1.0 / dioptre, dioptre
+
+    @classmethod
+    def from_pairs(cls, pairs: Sequence[Sequence[float]]) -> 'FocusCalibration':
+        """From ``[[raw, distance_m], ...]`` (the YAML form)."""
+        arr = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+        return cls(arr[:, 0], arr[:, 1])
+
+    @property
+    def distance_range(self) -> tuple[float, float]:
+        return float(self.distance_m.min()), float(self.distance_m.max())
+
+    def distance_for_raw(self, raw) -> np.ndarray:
+        """Focus distance (m) of raw value(s); clamped to the calibrated range."""
+        dioptre = np.interp(np.asarray(raw, dtype=np.float64), self.raw, self._dioptre)
+        with np.errstate(divide='ignore'):
+            return 1.0 / dioptre
+
+    def raw_for_distance(self, distance_m) -> np.ndarray:
+        """Raw value(s) (float) that focus at ``distance_m``; clamped to the calibrated range."""
+        dioptre = 1.0 / np.asarray(distance_m, dtype=np.float64)
+        order = np.argsort(self._dioptre)
+        return np.interp(dioptre, self._dioptre[order], self.raw[order])
+
+
+class V4L2Camera(FocusCamera):
+    """A UVC/V4L2 camera with a focus control, through OpenCV.
+
+    Args:
+        device: ``/dev/videoN`` path or index.
+        width, height: requested frame size; frames are resized to it if the driver differs.
+        calibration: :class:`FocusCalibration` or ``[[raw, distance_m], ...]``.
+        focal_length_m, f_number, pixel_pitch_m: the lens (pitch in m/px at ``width``).
+        settle_frames: frames discarded after each focus change.
+        retries: sweep attempts before :class:`CameraError` reaches the caller.
+        backoff_s, backoff_max_s: first and largest wait between attempts (doubling).
+        capture_factory: ``(device, api) -> VideoCapture``; OpenCV's by default.
+    """
+
+    def __init__(self, device: str | int = '/dev/video0', width: int = 640, height: int = 480,
+                 calibration=((0, 0.1), (255, 2.0)), focal_length_m: float = 0.004, f_number: float = 2.0,
+                 pixel_pitch_m: float = 3e-6, settle_frames: int = 3, retries: int = 3, backoff_s: float = 0.5,
+                 backoff_max_s: float = 8.0, capture_factory: Optional[Callable] = None) -> None:
+        self.device = device
+        self.width, self.height = int(width), int(height)
+        self.lens = LensModel(focal_length_m, f_number, pixel_pitch_m)
+        self.calibration = calibration if isinstance(calibration, FocusCalibration) \
+            else FocusCalibration.from_pairs(calibration)
+        self.settle_frames = int(settle_frames)
+        self.retries = max(1, int(retries))
+        self.backoff_s = float(backoff_s)
+        self.backoff_max_s = float(backoff_max_s)
+        self.capture_factory = capture_factory or cv2.VideoCapture
+        self.cap = None
+        self.failures = 0
+
+    def _device_arg(self):
+        if isinstance(self.device, int) or (isinstance(self.device, str) and self.device.isdigit()):
+            return int(self.device)
+        return str(self.device)
+
+    def open(self) -> None:
+        if self.cap is not None:
+            return
+        cap = self.capture_factory(self._device_arg(), cv2.CAP_V4L2)
+        if cap is None or not cap.isOpened():
+            if cap is not None:
+                cap.release()
+            raise CameraError(f'cannot open camera {self.device}: device missing, unplugged or busy')
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)      # fewer stale frames after a focus change
+        if not cap.set(cv2.CAP_PROP_AUTOFOCUS, 0):
+            log.warning('camera %s did not accept autofocus=0; focus control may fight the autofocus', self.device)
+        self.cap = cap
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+    def _read(self) -> np.ndarray:
+        ok, frame = self.cap.read()
+        if not ok or frame is None:
+            raise CameraError(f'camera {self.device} stopped delivering frames (unplugged?)')
+        return frame
+
+    def _set_focus(self, distance_m: float) -> float:
+        """Set the focus control for ``distance_m``; returns the distance of the value actually set."""
+        raw = int(round(float(self.calibration.raw_for_distance(distance_m))))
+        if not self.cap.set(cv2.CAP_PROP_FOCUS, raw):
+            raise CameraError(f'camera {self.device} rejected focus control value {raw} '
+                              f'(for {distance_m:.3f} m): no manual focus on this device?')
+        got = self.cap.get(cv2.CAP_PROP_FOCUS)
+        if got is not None and np.isfinite(got) and got >= 0:
+            raw = got        # the driver may round to its own step: report what it has
+        return float(self.calibration.distance_for_raw(raw))
+
+    def _sweep_once(self, focus_m: np.ndarray) -> Sweep:
+        self.open()
+        frames, actual = [], []
+        for s in focus_m:
+            actual.append(self._set_focus(float(s)))
+            for _ in range(self.settle_frames):
+                if not self.cap.grab():
+                    raise CameraError(f'camera {self.device} stopped delivering frames (unplugged?)')
+            bgr = self._read()
+            if bgr.shape[:2] != (self.height, self.width):
+                bgr = cv2.resize(bgr, (self.width, self.height), interpolation=cv2.INTER_AREA)
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if bgr.ndim == 3 else bgr[..., None]
+            frames.append(rgb.astype(np.float32) / 255.0)
+        return Sweep(frames=np.stack(frames), focus_m=np.asarray(actual, dtype=np.float64))
+
+    def capture_sweep(self, focus_m, f_numbers=None) -> Sweep:
+        """One full sweep, retried with back-off; :class:`CameraError` after ``retries`` attempts."""
+        focus = np.asarray(focus_m, dtype=np.float64)
+        wait = self.backoff_s
+        last: Optional[Exception] = None
+        for attempt in range(1, self.retries + 1):
+            try:
+                return self._sweep_once(focus)
+            except (CameraError, cv2.error) as e:
+                last = e
+                self.failures += 1
+                self.close()
+                if attempt < self.retries:
+                    log.warning('camera %s: %s; retry %d/%d in %.2f s', self.device, e, attempt,
+                                self.retries - 1, wait)
+                    time.sleep(wait)
+                    wait = min(wait * 2.0, self.backoff_max_s)
+        raise CameraError(f'{last} (gave up after {self.retries} attempts)')

@@ -1,0 +1,51 @@
+"""The one interface every inference backend implements."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from .manifest import FAMILY_INPUTS, EngineInputError, EngineManifest
+
+
+class Engine(ABC):
+    """A loaded model: ``infer(inputs) -> (depth, uncertainty)``, both B x 1 x H x W metres.
+
+    Attributes:
+        manifest: the checked :class:`EngineManifest`.
+        backend_name: ``'tensorrt'``, ``'onnxruntime'`` or ``'torch'``.
+        device: torch device the backend computes on (inputs are moved there).
+        description: backend details for logs/diagnostics (provider, precision).
+    """
+
+    backend_name: str = '?'
+
+    def __init__(self, manifest: EngineManifest, device: torch.device) -> None:
+        self.manifest = manifest
+        self.device = torch.device(device)
+        self.description = self.backend_name
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return FAMILY_INPUTS[self.manifest.family]
+
+    def check_inputs(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Inputs in the contract's order, float32, contiguous, on ``self.device``; shapes checked."""
+        out = []
+        for name in self.input_names:
+            if name not in inputs:
+                raise EngineInputError(f'engine {self.manifest.name}: missing input {name!r}')
+            t = torch.as_tensor(inputs[name])
+            want = list(self.manifest.inputs[name])
+            if list(t.shape) != want:
+                raise EngineInputError(f'engine {self.manifest.name}: input {name} has shape {list(t.shape)}, '
+                                  f'the engine takes {want}')
+            out.append(t.to(self.device, torch.float32).contiguous())
+        return out
+
+    @abstractmethod
+    def infer(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the model; returns (depth, uncertainty) torch tensors on ``self.device``."""
+
+    def __repr__(self) -> str:
+        return f'<{type(self).__name__} {self.manifest.name} {self.description} on {self.device}>'

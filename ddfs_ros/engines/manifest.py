@@ -1,0 +1,167 @@
+"""The engine manifest (``engines/NAME.json``) and its checks.
+
+Every shipped model is ``NAME.onnx`` + ``NAME.json`` (+ optional ``NAME.pt2``, a
+``torch.export`` program for the ``torch`` backend); docs/CONTRACTS.md lists the keys.
+Loading a manifest checks that the files exist, that the ONNX bytes hash to the
+manifest's ``sha256`` (a truncated, corrupt or swapped model is refused before any
+backend sees it), and that the shapes agree with the family's contract.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..optics import depth_hypotheses
+
+FAMILIES = ('ddfs', 'dfv', 'dfv_cv')
+#: Input names per family (docs/CONTRACTS.md).
+FAMILY_INPUTS = {'ddfs': ('image', 'cost_volume', 'depths'),
+                 'dfv_cv': ('image', 'cost_volume', 'depths'),
+                 'dfv': ('stack', 'focus')}
+OUTPUTS = ('depth', 'uncertainty')
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot be loaded or run; the message says which file and why."""
+
+
+class EngineInputError(EngineError):
+    """Inputs that break the engine's contract (names, shapes): the caller's fault, no fallback."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+@dataclass
+class EngineManifest:
+    """A validated manifest.  Paths are resolved next to the JSON file."""
+
+    path: Path
+    name: str
+    family: str
+    onnx_path: Path
+    sha256: str
+    torch_program: Optional[Path]
+    inputs: dict[str, list[int]]
+    outputs: list[str]
+    image_size: tuple[int, int]
+    num_hypotheses: Optional[int]
+    num_frames: Optional[int]
+    hypotheses: dict[str, Any]
+    train_focus_range: Optional[tuple[float, float]]
+    reference_frame: str
+    max_coc_px: Optional[float]
+    raw: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def height(self) -> int:
+        return int(self.image_size[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image_size[1])
+
+    @property
+    def uses_cost_volume(self) -> bool:
+        return self.family in ('ddfs', 'dfv_cv')
+
+    def train_hypotheses(self) -> np.ndarray:
+        """The D training hypotheses (m), ascending (cost-volume families only)."""
+        h = self.hypotheses
+        return depth_hypotheses(float(h['d_min']), float(h['d_max']), int(self.num_hypotheses),
+                                h.get('spacing', 'depth'))
+
+
+def _need(raw: dict, key: str, path: Path):
+    if key not in raw:
+        raise EngineError(f'engine manifest {path}: missing key {key!r}')
+    return raw[key]
+
+
+def check_onnx(manifest: EngineManifest) -> None:
+    """The ONNX file exists and hashes to the manifest's sha256 (else :class:`EngineError`)."""
+    p = manifest.onnx_path
+    if not p.is_file():
+        raise EngineError(f'engine {manifest.path.name}: ONNX file {p} does not exist')
+    got = sha256_file(p)
+    if got != manifest.sha256:
+        raise EngineError(f'engine {manifest.path.name}: sha256 of {p.name} is {got[:16]}..., the manifest '
+                          f'says {manifest.sha256[:16]}... (truncated, corrupt or replaced model; re-export it)')
+
+
+def load_manifest(path: str | Path, verify_sha256: bool = True) -> EngineManifest:
+    """Read and check ``NAME.json``.
+
+    With ``verify_sha256=False`` the ONNX file is not opened (each ONNX backend runs
+    :func:`check_onnx` itself, so a bad ONNX can still fall back to the torch program).
+
+    Raises:
+        EngineError: missing/unreadable JSON, missing keys, unknown family, shapes that
+            contradict the family contract, missing ONNX, sha256 mismatch.
+    """
+    path = Path(path)
+    if path.suffix == '.onnx':   # accept the model path too: its manifest sits beside it
+        path = path.with_suffix('.json')
+    if not path.is_file():
+        raise EngineError(f'engine manifest {path} does not exist')
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EngineError(f'engine manifest {path} is not valid JSON: {e}') from e
+    if not isinstance(raw, dict):
+        raise EngineError(f'engine manifest {path} must be a JSON object')
+    family = _need(raw, 'family', path)
+    if family not in FAMILIES:
+        raise EngineError(f'engine manifest {path}: unknown family {family!r} (one of {FAMILIES})')
+    onnx_path = path.parent / _need(raw, 'onnx', path)
+    sha = str(_need(raw, 'sha256', path))
+    inputs = {str(k): [int(x) for x in v] for k, v in _need(raw, 'inputs', path).items()}
+    want = FAMILY_INPUTS[family]
+    if set(inputs) != set(want):
+        raise EngineError(f'engine {path.name}: family {family} needs inputs {want}, manifest has {list(inputs)}')
+    outputs = list(raw.get('outputs') or OUTPUTS)
+    if isinstance(raw.get('outputs'), dict):
+        outputs = list(raw['outputs'])
+    if tuple(outputs) != OUTPUTS:
+        raise EngineError(f'engine {path.name}: outputs must be {OUTPUTS}, got {outputs}')
+    H, W = (int(x) for x in _need(raw, 'image_size', path))
+    D = raw.get('num_hypotheses')
+    F = raw.get('num_frames')
+    if family == 'dfv':
+        s = inputs['stack']
+        if len(s) != 5 or s[2] != 3 or s[3:] != [H, W]:
+            raise EngineError(f'engine {path.name}: stack input {s} is not B x F x 3 x {H} x {W}')
+        if F is None or int(F) != s[1] or inputs['focus'] != [s[0], s[1]]:
+            raise EngineError(f'engine {path.name}: num_frames {F} does not match inputs {inputs}')
+    else:
+        img, cv, dep = inputs['image'], inputs['cost_volume'], inputs['depths']
+        if img[1:] != [3, H, W] or cv[2:] != [H, W] or D is None or cv[1] != int(D) or dep[1:] != [int(D)]:
+            raise EngineError(f'engine {path.name}: inputs {inputs} contradict image_size {[H, W]} and D = {D}')
+        if not raw.get('hypotheses') or not {'d_min', 'd_max'} <= set(raw['hypotheses']):
+            raise EngineError(f'engine {path.name}: hypotheses {{d_min, d_max, spacing}} missing')
+    tp = raw.get('torch_program')
+    tfr = raw.get('train_focus_range')
+    manifest = EngineManifest(
+        path=path, name=str(raw.get('name', path.stem)), family=family, onnx_path=onnx_path, sha256=sha,
+        torch_program=(path.parent / tp) if tp else None, inputs=inputs, outputs=outputs,
+        image_size=(H, W), num_hypotheses=None if D is None else int(D),
+        num_frames=None if F is None else int(F), hypotheses=dict(raw.get('hypotheses') or {}),
+        train_focus_range=None if not tfr else (float(tfr[0]), float(tfr[1])),
+        reference_frame=str(raw.get('reference_frame', 'farthest')),
+        max_coc_px=None if raw.get('max_coc_px') is None else float(raw['max_coc_px']), raw=raw)
+    if verify_sha256:
+        check_onnx(manifest)
+    return manifest

@@ -1,0 +1,238 @@
+"""Capture node: drives a focus sweep per period and publishes one focal stack per sweep.
+
+Publishes (relative names) ``focal_stack/image`` (frames tiled vertically),
+``focal_stack/camera_info`` (one frame), ``focal_stack/lens_state`` (named lens values)
+and, for simulated cameras with ``publish_depth_gt``, ``focal_stack/depth_gt``; all
+with the identical stamp (the start of the sweep) and frame_id.
+
+Camera faults (device missing or unplugged, focus control rejected) are logged,
+counted in /diagnostics and retried with back-off by the camera; a failed sweep
+publishes nothing (never half a stack).  Parameters: ``config/camera.yaml``.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image, JointState
+
+from .. import ros_io
+from ..cameras import CameraError, FocusCamera, make_camera
+from ..optics import focus_schedule
+from ..stack import FocalStack
+from .common import configure_fastdds, describe, publisher_qos
+
+try:
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+except ImportError:
+    DiagnosticArray = None
+
+
+class CaptureNode(Node):
+    """Focus-sweep publisher; see the module docstring."""
+
+    def __init__(self, node_name: str = 'capture_node', camera: Optional[FocusCamera] = None, **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self._declare_parameters()
+        p = self._param
+        self.camera = camera if camera is not None else self._make_camera()
+        self.focus_m = self._schedule()
+        fn = [float(x) for x in p('f_numbers') if float(x) > 0]
+        self.f_numbers = np.asarray(fn, dtype=np.float64) if fn else None
+        if self.f_numbers is not None and self.f_numbers.shape != self.focus_m.shape:
+            raise ValueError(f'f_numbers has {self.f_numbers.size} values for {self.focus_m.size} focus distances')
+        FocalStack(np.zeros((len(self.focus_m), 8, 8, 1), np.float32), self.focus_m, self.camera.lens,
+                   self.f_numbers).validate(min_frames=1)      # refuse a schedule the node would reject
+        qos = publisher_qos(int(p('qos_depth')))
+        self.pub_image = self.create_publisher(Image, ros_io.TOPIC_IMAGE, qos)
+        self.pub_info = self.create_publisher(CameraInfo, ros_io.TOPIC_CAMERA_INFO, qos)
+        self.pub_lens = self.create_publisher(JointState, ros_io.TOPIC_LENS_STATE, qos)
+        self.pub_gt = self.create_publisher(Image, ros_io.TOPIC_DEPTH_GT, qos) if p('publish_depth_gt') else None
+        self.pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10) if DiagnosticArray else None
+        self.sweeps = 0
+        self.failures = 0
+        self.last_error = ''
+        self.sweep_ms = 0.0
+        self.done = threading.Event()
+        group = MutuallyExclusiveCallbackGroup()
+        self.timer = self.create_timer(1.0 / float(p('rate')), self._tick, callback_group=group)
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
+        self.get_logger().info(
+            f'{p("camera")} camera {self.camera.width}x{self.camera.height}, {len(self.focus_m)} frames at '
+            f'{np.round(self.focus_m, 3).tolist()} m, {p("rate")} Hz, f = {self.camera.lens.focal_length_m} m, '
+            f'N = {self.camera.lens.f_number}, pitch = {self.camera.lens.pixel_pitch_m} m/px')
+
+    # -- parameters ---------------------------------------------------------------------
+    def _declare_parameters(self) -> None:
+        d = self.declare_parameter
+        ro = dict(read_only=True)
+        d('camera', 'simulated', describe('camera backend', choices=['simulated', 'v4l2'], **ro))
+        d('device', '/dev/video0', describe('v4l2 device path or index', **ro))
+        d('width', 256, describe('frame width (px)', lo=8, hi=8192, integer=True, **ro))
+        d('height', 256, describe('frame height (px)', lo=8, hi=8192, integer=True, **ro))
+        d('rate', 2.0, describe('sweeps per second', lo=0.01, hi=1000.0, **ro))
+        d('focus_distances', [0.0], describe('explicit focus schedule (m); [] or [0.0] = use near/far/count', **ro))
+        d('focus_near', 0.0, describe('nearest focus (m); 0 = scene 5th percentile / calibration range',
+                                      lo=0.0, hi=1e4, **ro))
+        d('focus_far', 0.0, describe('farthest focus (m); 0 = scene 95th percentile / calibration range',
+                                     lo=0.0, hi=1e4, **ro))
+        d('focus_count', 5, describe('frames per sweep', lo=1, hi=64, integer=True, **ro))
+        d('focus_spacing', 'dioptre', describe('schedule spacing', choices=['dioptre', 'depth'], **ro))
+        d('f_number', 2.0, describe('lens f-number', lo=0.5, hi=64.0, **ro))
+        d('f_numbers', [0.0], describe('per-frame f-numbers; [] or [0.0] = f_number for all', **ro))
+        d('pixel_pitch', 21e-6, describe('pixel pitch of the published frame (m/px)', lo=1e-7, hi=1e-2, **ro))
+        d('focal_length', 0.05, describe('focal length (m)', lo=1e-4, hi=2.0, **ro))
+        d('frame_id', 'camera_optical_frame', describe('optical frame id', **ro))
+        d('encoding', 'rgb8', describe('published encoding', choices=list(ros_io.ENCODINGS), **ro))
+        d('scene', 'motorcycle', describe('simulated scene', choices=['motorcycle', 'procedural', 'plane', 'rgbd'],
+                                          **ro))
+        d('plane_depth', 1.0, describe('depth of the plane scene (m)', lo=1e-3, hi=1e4, **ro))
+        d('depth_range', [0.5, 3.0], describe('procedural scene depth range (m)', **ro))
+        d('rgb_path', '', describe('rgbd scene: RGB image file', **ro))
+        d('depth_path', '', describe('rgbd scene: depth image file', **ro))
+        d('depth_scale', 0.001, describe('rgbd scene: metres per depth unit', lo=1e-9, hi=1e3, **ro))
+        d('publish_depth_gt', False, describe('publish focal_stack/depth_gt (simulated only)', **ro))
+        d('noise', True, describe('simulated sensor noise', **ro))
+        d('noise_full_well', 1000.0, describe('photo-electrons at full scale', lo=1.0, hi=1e7, **ro))
+        d('noise_read_noise', 2.0, describe('read noise (electrons rms)', lo=0.0, hi=1e4, **ro))
+        d('seed', 0, describe('noise / procedural scene seed', lo=0, hi=2 ** 31 - 1, integer=True, **ro))
+        d('calibration', [0.0, 0.1, 255.0, 2.0],
+          describe('v4l2 focus calibration, flat [raw0, dist0_m, raw1, dist1_m, ...]', **ro))
+        d('settle_frames', 3, describe('v4l2 frames discarded after a focus change', lo=0, hi=100, integer=True, **ro))
+        d('retries', 3, describe('v4l2 sweep attempts before reporting a failure', lo=1, hi=100, integer=True, **ro))
+        d('backoff', 0.5, describe('v4l2 first retry wait (s), doubling', lo=0.0, hi=60.0, **ro))
+        d('max_sweeps', 0, describe('stop after this many sweeps (0 = run forever)', lo=0, hi=2 ** 31 - 1,
+                                    integer=True, **ro))
+        d('qos_depth', 2, describe('publisher history depth', lo=1, hi=100, integer=True, **ro))
+
+    def _param(self, name: str):
+        return self.get_parameter(name).value
+
+    def _make_camera(self) -> FocusCamera:
+        p = self._param
+        if p('camera') == 'v4l2':
+            cal = np.asarray(list(p('calibration')), dtype=np.float64).reshape(-1, 2)
+            return make_camera('v4l2', device=p('device'), width=p('width'), height=p('height'), calibration=cal,
+                               focal_length_m=p('focal_length'), f_number=p('f_number'),
+                               pixel_pitch_m=p('pixel_pitch'), settle_frames=p('settle_frames'),
+                               retries=p('retries'), backoff_s=p('backoff'))
+        noise = None
+        if p('noise'):
+            noise = {'full_well': p('noise_full_well'), 'read_noise': p('noise_read_noise')}
+        return make_camera('simulated', scene=p('scene'), width=p('width'), height=p('height'),
+                           focal_length_m=p('focal_length'), f_number=p('f_number'), pixel_pitch_m=p('pixel_pitch'),
+                           noise=noise, seed=p('seed'), plane_depth_m=p('plane_depth'),
+                           depth_range_m=list(p('depth_range')), rgb_path=p('rgb_path'),
+                           depth_path=p('depth_path'), depth_scale=p('depth_scale'))
+
+    def _schedule(self) -> np.ndarray:
+        p = self._param
+        explicit = [float(x) for x in p('focus_distances') if float(x) > 0]
+        if explicit:
+            return np.asarray(explicit, dtype=np.float64)
+        near, far = float(p('focus_near')), float(p('focus_far'))
+        if near <= 0 or far <= 0:
+            if hasattr(self.camera, 'depth_percentiles'):
+                lo, hi = self.camera.depth_percentiles(5.0, 95.0)
+            elif hasattr(self.camera, 'calibration'):
+                lo, hi = self.camera.calibration.distance_range
+                hi = min(hi, 1e3)
+            else:
+                raise ValueError('set focus_near and focus_far (or focus_distances)')
+            near = near if near > 0 else lo
+            far = far if far > 0 else hi
+        return focus_schedule(near, far, int(p('focus_count')), p('focus_spacing'))
+
+    # -- the sweep ----------------------------------------------------------------------
+    def _tick(self) -> None:
+        max_sweeps = int(self._param('max_sweeps'))
+        if max_sweeps and self.sweeps >= max_sweeps:
+            return
+        stamp_ns = self.get_clock().now().nanoseconds
+        t0 = time.perf_counter()
+        try:
+            sweep = self.camera.capture_sweep(self.focus_m, self.f_numbers)
+        except CameraError as e:
+            self.failures += 1
+            self.last_error = str(e)
+            self.get_logger().error(f'sweep failed, nothing published: {e}', throttle_duration_sec=2.0)
+            return
+        except Exception as e:  # noqa: BLE001 - a bad frame must not kill the publisher
+            self.failures += 1
+            self.last_error = f'{type(e).__name__}: {e}'
+            self.get_logger().error(f'sweep failed, nothing published: {self.last_error}',
+                                    throttle_duration_sec=2.0)
+            return
+        self.publish_sweep(sweep, stamp_ns)
+        self.sweep_ms = (time.perf_counter() - t0) * 1e3
+        self.sweeps += 1
+        if max_sweeps and self.sweeps >= max_sweeps:
+            self.timer.cancel()
+            self.get_logger().info(f'published {self.sweeps} sweeps (max_sweeps); stopping')
+            self.done.set()
+
+    def publish_sweep(self, sweep, stamp_ns: int) -> None:
+        """Publish one sweep as the three (four) messages with one header."""
+        frame_id = self._param('frame_id')
+        stack = FocalStack(sweep.frames, sweep.focus_m, self.camera.lens, sweep.f_numbers, stamp_ns=stamp_ns,
+                           frame_id=frame_id)
+        fx, fy, cx, cy = self.camera.intrinsics()
+        info = ros_io.make_camera_info(self.camera.width, self.camera.height, fx, fy, cx, cy)
+        image, info, lens = ros_io.stack_to_msgs(stack, self._param('encoding'), camera_info=info)
+        if self.pub_gt is not None and sweep.depth_gt is not None:
+            self.pub_gt.publish(ros_io.depth_to_image(sweep.depth_gt, image.header))
+        self.pub_info.publish(info)
+        self.pub_lens.publish(lens)
+        self.pub_image.publish(image)
+
+    def _publish_diagnostics(self) -> None:
+        if self.pub_diag is None:
+            return
+        st = DiagnosticStatus(name=f'{self.get_fully_qualified_name()}: capture', hardware_id=self._param('camera'))
+        st.level = DiagnosticStatus.WARN if self.failures else DiagnosticStatus.OK
+        st.message = f'{self.sweeps} sweeps, {self.failures} failed'
+        st.values = [KeyValue(key='sweeps', value=str(self.sweeps)),
+                     KeyValue(key='failures', value=str(self.failures)),
+                     KeyValue(key='sweep_ms', value=f'{self.sweep_ms:.2f}'),
+                     KeyValue(key='last_error', value=self.last_error)]
+        arr = DiagnosticArray(status=[st])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(arr)
+
+    def destroy_node(self) -> None:
+        try:
+            self.camera.close()
+        finally:
+            super().destroy_node()
+
+
+def main(args=None) -> int:
+    configure_fastdds()
+    rclpy.init(args=args)
+    node = None
+    try:
+        try:
+            node = CaptureNode()
+        except (CameraError, ValueError, ImportError) as e:
+            rclpy.logging.get_logger('capture_node').fatal(f'cannot start: {e}')
+            return 1
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
