@@ -35,5 +35,9 @@ bench: $(STAMP)
 	$(PY) -m bench.node_latency
 
 
+# Retrain and re-export the shipped engines on this machine (CPU: about an hour on 2 cores).
+engines: $(STAMP)
+	PY=$(PY) bash training/train_all.sh
+
 clean:
 	rm -rf $(VENV) build *.egg-info demo_out

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
@@ -26,7 +26,7 @@ from .. import ros_io
 from ..cameras import CameraError, FocusCamera, make_camera
 from ..optics import focus_schedule
 from ..stack import FocalStack
-from .common import configure_fastdds, describe, publisher_qos
+from .common import describe, publisher_qos, run_node
 
 try:
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -213,25 +213,8 @@ class CaptureNode(Node):
 
 
 def main(args=None) -> int:
-    configure_fastdds()
-    rclpy.init(args=args)
-    node = None
-    try:
-        try:
-            node = CaptureNode()
-        except (CameraError, ValueError, ImportError) as e:
-            rclpy.logging.get_logger('capture_node').fatal(f'cannot start: {e}')
-            return 1
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(CaptureNode, lambda: MultiThreadedExecutor(num_threads=2), (CameraError, ValueError, ImportError),
+                    'capture_node', args)
 
 
 if __name__ == '__main__':

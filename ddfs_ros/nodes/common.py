@@ -4,9 +4,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
+import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.executors import Executor, ExternalShutdownException
+from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, DurabilityPolicy, qos_profile_sensor_data
 
 PACKAGE = 'ddfs_ros'
@@ -104,3 +107,31 @@ def publisher_qos(depth: int = 2) -> QoSProfile:
     """Reliable, volatile, shallow (DESIGN.md section 5)."""
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.VOLATILE)
+
+
+def run_node(make_node: Callable[[], Node], make_executor: Callable[[], Executor], startup_errors: tuple = (),
+             logger_name: Optional[str] = PACKAGE, args=None) -> int:
+    """``main()`` of a node process: Fast DDS profile, ``rclpy.init``/``shutdown`` in
+    ``try/finally``, spin until Ctrl-C.  Returns the process exit code: 1 when the node
+    could not start because of one of ``startup_errors`` (logged as fatal under
+    ``logger_name``; ``None`` when the node logs its own reason), else 0."""
+    configure_fastdds()
+    rclpy.init(args=args)
+    node = None
+    try:
+        try:
+            node = make_node()
+        except startup_errors as e:
+            if logger_name:
+                rclpy.logging.get_logger(logger_name).fatal(f'cannot start: {e}')
+            return 1
+        executor = make_executor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

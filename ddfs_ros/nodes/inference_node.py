@@ -28,7 +28,7 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
 
@@ -36,7 +36,7 @@ from .. import ros_io
 from ..engines import EngineError, load_engine
 from ..pipeline import DEFAULT_MAX_RELATIVE_UNCERTAINTY, DepthPipeline
 from ..stack import StackError
-from .common import configure_fastdds, describe, publisher_qos, resolve_path, subscription_qos
+from .common import describe, run_node, publisher_qos, resolve_path, subscription_qos
 from .pairing import LatestSlot, StampPairer
 
 try:
@@ -362,24 +362,8 @@ class InferenceNode(Node):
 
 
 def main(args=None) -> int:
-    configure_fastdds()
-    rclpy.init(args=args)
-    node = None
-    try:
-        try:
-            node = InferenceNode()
-        except EngineError:
-            return 1        # already logged as fatal with the reason
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    # EngineError is logged as fatal with its reason by the node itself.
+    return run_node(InferenceNode, SingleThreadedExecutor, (EngineError,), None, args)
 
 
 if __name__ == '__main__':
