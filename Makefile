@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) -m bench.cost_volume
 	$(PY) -m bench.backends
 	$(PY) -m bench.node_latency
+	$(PY) -m bench.memory
 
 
 # Retrain and re-export the shipped engines on this machine (CPU: about an hour on 2 cores).
