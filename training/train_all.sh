@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains, exports and evaluates every engine of this repo on a CPU (2 cores; about 45 min
+# Trains, exports and evaluates every engine of this repo on a CPU (2 cores; about 60 min
 # wall-clock on the shared 2-core dev machine, see training/README.md for the measured times).
 # Rerunnable: rendered caches are kept (.cache/data/*), trainings resume from
 # checkpoints/<name>/last.pt and return at once when finished, exports and evaluation are redone.
@@ -47,8 +47,17 @@ LANE2=$!
 wait $LANE1
 wait $LANE2
 
+# 2b. ddfs_s phase 4 on both cores once the lanes are done: the phase-3 run (step 820) copied to its
+# own folder (checkpoints/ddfs_s is kept as it was) and resumed with a third cosine to step 2820
+if [ ! -f checkpoints/ddfs_s_p4/last.pt ]; then
+  mkdir -p checkpoints/ddfs_s_p4
+  cp checkpoints/ddfs_s/{last.pt,best.pt,summary.json,log.csv} checkpoints/ddfs_s_p4/
+fi
+OMP_NUM_THREADS=2 train ddfs_s_phase4 --out checkpoints/ddfs_s_p4
+
 # 3. export: shipped engines to engines/, camera-shift models next to their checkpoints (not shipped)
-for n in ddfs_s dfv_cv_s dfv_s; do
+$PY -m training.export checkpoints/ddfs_s_p4/best.pt --out engines/ddfs_s.onnx --check
+for n in dfv_cv_s dfv_s; do
   $PY -m training.export "checkpoints/$n/best.pt" --out "engines/$n.onnx" --check
 done
 for n in shift_ddfs shift_dfv_cv shift_dfv; do
