@@ -17,21 +17,10 @@ import time
 
 import torch
 
-from bench._engines import bench_engines
+from bench._engines import bench_engines, example_inputs
 from ddfs_ros.engines import EngineError, available_backends, load_engine
 
 
-def _inputs(manifest):
-    g = torch.Generator().manual_seed(0)
-    out = {}
-    for name, shape in manifest.inputs.items():
-        if name == 'depths':
-            out[name] = torch.linspace(0.1, 3.0, shape[1])[None]
-        elif name == 'focus':
-            out[name] = torch.linspace(0.3, 2.0, shape[1])[None]
-        else:
-            out[name] = torch.rand(*shape, generator=g)
-    return out
 
 
 def time_engine(engine, inputs, repeat: int) -> tuple[float, torch.Tensor]:
@@ -59,7 +48,7 @@ def main(argv=None) -> int:
     summary = []
     for family, path in engines.items():
         ref = load_engine(path, backend='torch', device=args.device, fallback=False)
-        x = _inputs(ref.manifest)
+        x = example_inputs(ref.manifest)
         t_ref, d_ref = time_engine(ref, x, args.repeat)
         row = [f'{family:7s} {ref.manifest.name:14s} {ref.manifest.height}x{ref.manifest.width}  '
                f'torch eager {t_ref:8.2f} ms (1.00x)']

@@ -13,6 +13,7 @@ import shutil
 import pytest
 import torch
 
+from bench._engines import example_inputs
 from ddfs_ros.engines import (EngineError, EngineInputError, available_backends, load_engine, load_manifest)
 from ddfs_ros.engines.tensorrt_backend import plan_key
 
@@ -20,17 +21,6 @@ BACKEND_ATOL = 1e-4
 BACKEND_RTOL = 1e-4
 
 
-def _inputs(manifest, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, shape in manifest.inputs.items():
-        if name == 'depths':
-            out[name] = torch.linspace(0.1, 3.0, shape[1])[None]
-        elif name == 'focus':
-            out[name] = torch.linspace(0.3, 2.0, shape[1])[None]
-        else:
-            out[name] = torch.rand(*shape, generator=g)
-    return out
 
 
 def _copy_engine(src_json, dst_dir):
@@ -55,7 +45,7 @@ def test_onnxruntime_and_torch_agree(tiny_engines, family):
     ort = load_engine(tiny_engines[family], backend='onnxruntime', fallback=False)
     pt = load_engine(tiny_engines[family], backend='torch', fallback=False)
     assert (ort.backend_name, pt.backend_name) == ('onnxruntime', 'torch')
-    x = _inputs(ort.manifest)
+    x = example_inputs(ort.manifest)
     d1, u1 = ort.infer(x)
     d2, u2 = pt.infer(x)
     assert d1.shape == (1, 1, 64, 64) and u1.shape == (1, 1, 64, 64)
@@ -117,7 +107,7 @@ def test_missing_and_corrupt_files(tiny_engines, tmp_path):
 
 def test_run_time_failure_falls_back_and_reports_backend(tiny_engines):
     e = load_engine(tiny_engines['dfv_cv'], backend='onnxruntime')
-    x = _inputs(e.manifest, seed=3)
+    x = example_inputs(e.manifest, seed=3)
     reference = load_engine(tiny_engines['dfv_cv'], backend='torch').infer(x)
 
     def out_of_memory(*args, **kwargs):
@@ -133,7 +123,7 @@ def test_run_time_failure_falls_back_and_reports_backend(tiny_engines):
 
 def test_wrong_input_shape_does_not_fall_back(tiny_engines):
     e = load_engine(tiny_engines['ddfs'], backend='onnxruntime')
-    x = _inputs(e.manifest)
+    x = example_inputs(e.manifest)
     x['cost_volume'] = x['cost_volume'][:, :8]
     with pytest.raises(EngineInputError, match='shape'):
         e.infer(x)
@@ -163,7 +153,7 @@ def test_tensorrt_agrees_with_onnxruntime(tiny_engines, family, tmp_path, monkey
     monkeypatch.setenv('DDFS_TRT_CACHE', str(tmp_path))
     trt_engine = load_engine(tiny_engines[family], backend='tensorrt', device='cuda', fallback=False)
     ort = load_engine(tiny_engines[family], backend='onnxruntime', device='cpu', fallback=False)
-    x = _inputs(ort.manifest)
+    x = example_inputs(ort.manifest)
     d1, u1 = trt_engine.infer({k: v.cuda() for k, v in x.items()})
     d2, u2 = ort.infer(x)
     span = 3.0 - 0.1
