@@ -10,7 +10,6 @@ Decisions (DESIGN.md section 5):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
@@ -152,11 +151,3 @@ class FocalStack:
     def nbytes(self) -> int:
         return int(self.frames.nbytes)
 
-
-def is_finite_positive(x) -> bool:
-    """True for a finite number > 0."""
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return False
-    return math.isfinite(v) and v > 0
