@@ -37,6 +37,14 @@ class Engine(ABC):
                 raise EngineInputError(f'engine {self.manifest.name}: missing input {name!r}')
             t = torch.as_tensor(inputs[name])
             want = list(self.manifest.inputs[name])
+            if self.manifest.dynamic_size and len(want) >= 4 and t.dim() == len(want):
+                # H and W are free on a dynamic engine, but must be multiples of size_multiple
+                m = self.manifest.size_multiple
+                h, w = int(t.shape[-2]), int(t.shape[-1])
+                if h % m or w % m or h < m or w < m:
+                    raise EngineInputError(f'engine {self.manifest.name}: input {name} is {h} x {w}, H and W '
+                                           f'must be positive multiples of {m}')
+                want = want[:-2] + [h, w]
             if list(t.shape) != want:
                 raise EngineInputError(f'engine {self.manifest.name}: input {name} has shape {list(t.shape)}, '
                                   f'the engine takes {want}')

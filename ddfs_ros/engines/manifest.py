@@ -65,6 +65,15 @@ class EngineManifest:
     reference_frame: str
     max_coc_px: Optional[float]
     raw: dict = field(repr=False, default_factory=dict)
+    #: Fully convolutional engine exported with dynamic H and W (ONNX dynamic axes).
+    dynamic_size: bool = False
+    #: H and W fed to a dynamic engine must be multiples of this (px).
+    size_multiple: int = 32
+    #: ((min H, min W), (max H, max W)) the dynamic engine was checked on; None = unknown.
+    validated_size: Optional[tuple[tuple[int, int], tuple[int, int]]] = None
+    #: Pixel width whose blur range the network learned (``max_coc_px`` is given at this
+    #: width); None = the engine width ``image_size[1]``.
+    train_processing_width: Optional[int] = None
 
     @property
     def height(self) -> int:
@@ -73,6 +82,11 @@ class EngineManifest:
     @property
     def width(self) -> int:
         return int(self.image_size[1])
+
+    @property
+    def coc_reference_width(self) -> int:
+        """Width (px) at which ``max_coc_px`` holds: ``train_processing_width``, else the engine width."""
+        return int(self.train_processing_width or self.width)
 
     @property
     def uses_cost_volume(self) -> bool:
@@ -89,6 +103,18 @@ def _need(raw: dict, key: str, path: Path):
     if key not in raw:
         raise EngineError(f'engine manifest {path}: missing key {key!r}')
     return raw[key]
+
+
+def _validated_size(value, path: Path):
+    """``[[min H, min W], [max H, max W]]`` -> tuple pair, or None."""
+    if value is None:
+        return None
+    try:
+        (h0, w0), (h1, w1) = value
+        return (int(h0), int(w0)), (int(h1), int(w1))
+    except (TypeError, ValueError) as e:
+        raise EngineError(f'engine {path.name}: validated_size must be [[min H, min W], [max H, max W]], '
+                          f'got {value!r}') from e
 
 
 def check_onnx(manifest: EngineManifest) -> None:
@@ -161,7 +187,14 @@ def load_manifest(path: str | Path, verify_sha256: bool = True) -> EngineManifes
         num_frames=None if F is None else int(F), hypotheses=dict(raw.get('hypotheses') or {}),
         train_focus_range=None if not tfr else (float(tfr[0]), float(tfr[1])),
         reference_frame=str(raw.get('reference_frame', 'farthest')),
-        max_coc_px=None if raw.get('max_coc_px') is None else float(raw['max_coc_px']), raw=raw)
+        max_coc_px=None if raw.get('max_coc_px') is None else float(raw['max_coc_px']), raw=raw,
+        dynamic_size=bool(raw.get('dynamic_size', False)),
+        size_multiple=int(raw.get('size_multiple', 32)),
+        validated_size=_validated_size(raw.get('validated_size'), path),
+        train_processing_width=None if raw.get('train_processing_width') is None
+        else int(raw['train_processing_width']))
+    if manifest.size_multiple < 1:
+        raise EngineError(f'engine {path.name}: size_multiple must be >= 1, got {manifest.size_multiple}')
     if verify_sha256:
         check_onnx(manifest)
     return manifest

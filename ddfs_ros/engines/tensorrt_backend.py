@@ -73,7 +73,7 @@ class TensorRTEngine(Engine):
         self.stream = torch.cuda.Stream(device=device)
         self.outputs = {}
         for name in ('depth', 'uncertainty'):
-            shape = tuple(engine.get_tensor_shape(name))
+            shape = tuple(max(int(v), 1) for v in engine.get_tensor_shape(name))   # -1 = dynamic: sized in infer
             self.outputs[name] = torch.empty(shape, dtype=torch.float32, device=device)
         self.description = f'tensorrt {trt.__version__} {precision} sm{cap[0]}{cap[1]}'
 
@@ -90,6 +90,8 @@ class TensorRTEngine(Engine):
             raise EngineError(f'engine {manifest.name}: TensorRT cannot parse {manifest.onnx_path}: {errors}')
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+        if manifest.dynamic_size:
+            config.add_optimization_profile(self._profile(builder, manifest))
         used = 'fp32'
         if precision == 'fp16' and getattr(builder, 'platform_has_fast_fp16', True):
             config.set_flag(trt.BuilderFlag.FP16)
@@ -105,9 +107,36 @@ class TensorRTEngine(Engine):
         os.replace(tmp, self.plan_path)      # atomic: a killed build leaves no half plan
         return plan, used
 
+    @staticmethod
+    def _profile(builder, manifest: EngineManifest):
+        """Optimisation profile of a dynamic-size engine: min/opt/max H x W.
+
+        min and max are the manifest's ``validated_size`` (default 64 x 64 .. 1088 x 1920,
+        rounded to ``size_multiple``); opt is 192 x 256, the default processing size at 4:3.
+        """
+        m = manifest.size_multiple
+        (h0, w0), (h1, w1) = manifest.validated_size or ((64, 64), (1088, 1920))
+        up = lambda v: max(m, -(-int(v) // m) * m)          # noqa: E731 - round up to the multiple
+        down = lambda v: max(m, int(v) // m * m)            # noqa: E731
+        lo, hi = (up(h0), up(w0)), (down(h1), down(w1))
+        opt = (min(max(up(192), lo[0]), hi[0]), min(max(up(256), lo[1]), hi[1]))
+        profile = builder.create_optimization_profile()
+        for name, shape in manifest.inputs.items():
+            if len(shape) >= 4:
+                head = list(shape[:-2])
+                profile.set_shape(name, head + list(lo), head + list(opt), head + list(hi))
+        return profile
+
     @torch.no_grad()
     def infer(self, inputs):
         tensors = dict(zip(self.input_names, self.check_inputs(inputs)))
+        if self.manifest.dynamic_size:
+            for name, t in tensors.items():
+                self.context.set_input_shape(name, tuple(t.shape))
+            for name in ('depth', 'uncertainty'):    # outputs follow the input H x W
+                shape = tuple(self.context.get_tensor_shape(name))
+                if tuple(self.outputs[name].shape) != shape:
+                    self.outputs[name] = torch.empty(shape, dtype=torch.float32, device=self.device)
         for name, t in tensors.items():
             self.context.set_tensor_address(name, t.data_ptr())
         for name, t in self.outputs.items():
