@@ -1,23 +1,37 @@
-"""FocalStack -> depth and uncertainty: the ROS-free core the inference node wraps.
+"""FocalStack -> depth, uncertainty and the all-in-focus image: the ROS-free core the inference node wraps.
 
 The same object serves the node, ``ddfs-eval offline`` and the benchmarks, so what is
 scored offline is exactly what the robot runs.  Steps (each timed):
 
 1. ``validate``: :meth:`FocalStack.validate` (raises :class:`StackError`), plus the
    engine's constraints (F for a fixed-F DFV engine).
-2. ``resize``: frames to the engine's H x W on the engine device (area averaging
-   when shrinking).  The pixel pitch follows the *width*: ``p_new = p * w_old / w_new``
-   (a non-square resize makes pixels non-square; the cost volume models round
-   blur disks at the horizontal pitch).
+2. ``resize``: frames to the processing size on the engine device (area averaging when
+   shrinking), see :func:`processing_geometry`.  The scale factor is the same on both
+   axes, so blur disks stay round and the pixel pitch becomes ``p / scale``:
+
+   - dynamic-size engine (manifest ``dynamic_size``): width ``min(processing_width, W)``
+     (never upsampled beyond the input) rounded down to ``size_multiple``, height by
+     the aspect ratio; the few rows or columns up to the next multiple are
+     reflect-padded and cropped off the output again;
+   - fixed-size engine (He x We): the largest centred crop of the input with the
+     engine's aspect ratio is resized to He x We.  Outside the crop, depth and
+     uncertainty are NaN (a 640 x 480 stack on a 128 x 128 engine gives depth in the
+     central 480 x 480).  Squashing the frame into the engine's shape would turn the
+     blur disks into ellipses the cost volume does not model.
+
 3. ``cost_volume`` (ddfs, dfv_cv): :class:`~ddfs_ros.cost_volume.CostVolume` on the
-   engine device with the manifest's ``max_coc_px`` (given at the engine width) and
-   the depth hypotheses of ``hypothesis_mode``.  DFV engines get the frames sorted
-   near to far instead.
+   engine device, ``max_coc_px`` = the manifest's value (given at
+   ``train_processing_width``, else the engine width) scaled to the processing width
+   (DESIGN.md section 3), hypotheses of ``hypothesis_mode``.  DFV engines get the
+   frames sorted near to far instead.
 4. ``infer``: the engine (any backend).
-5. ``post``: depth and uncertainty back to the input size (bilinear), then the
-   sanity mask: NaN where depth is not finite or lies outside the hypothesis range
-   (DFV: the focus range), or where the uncertainty exceeds ``max_uncertainty`` (m)
-   or ``max_relative_uncertainty`` x depth.  Each count is reported.
+5. ``upsample``: depth and uncertainty back to the input size with
+   :func:`ddfs_ros.refine.upsample` (``joint_bilateral`` by default, guided by the
+   reference frame at full resolution; ``guided``; ``bilinear``), then the all-in-focus
+   composite when asked for (:func:`ddfs_ros.refine.all_in_focus`).
+6. ``post``: the sanity mask: NaN where depth is not finite or lies outside the
+   hypothesis range (DFV: the focus range), or where the uncertainty exceeds
+   ``max_uncertainty`` (m) or ``max_relative_uncertainty`` x depth.  Each count is reported.
 """
 from __future__ import annotations
 
@@ -29,6 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as Fnn
 
+from . import refine
+from .align import align_focal_stack, check_align_mode
 from .cost_volume import CostVolume
 from .optics import LensModel, depth_hypotheses, scale_hypotheses_to_focus
 from .stack import FocalStack, StackError
@@ -41,6 +57,61 @@ DEFAULT_MAX_RELATIVE_UNCERTAINTY = 0.5
 RANGE_TOLERANCE = 1e-3
 
 HypothesisMode = Union[str, Sequence[float]]
+#: Default ``processing_width`` (px) for dynamic-size engines: the width the shipped
+#: engines are trained at (DESIGN.md section 3 gives max_coc_px at 256 px).
+DEFAULT_PROCESSING_WIDTH = 256
+#: Default upsampling method (chosen by measurement, bench/RESULTS.md).
+DEFAULT_UPSAMPLE = 'joint_bilateral'
+
+
+@dataclass(frozen=True)
+class ProcessingGeometry:
+    """Where the network's pixels come from in the input frame.
+
+    The input crop ``[y0:y0+crop_h, x0:x0+crop_w]`` is resized by ``scale`` (the same on
+    both axes, up to rounding the resized size to whole pixels) to ``height`` x ``width``
+    (the content), then padded at the bottom/right by reflection to
+    ``padded_height`` x ``padded_width`` (what the engine is fed).
+    """
+
+    y0: int
+    x0: int
+    crop_h: int
+    crop_w: int
+    height: int
+    width: int
+    padded_height: int
+    padded_width: int
+
+    @property
+    def scale(self) -> float:
+        """Processing px per input px (the horizontal factor; the vertical differs by < 0.5 px)."""
+        return self.width / float(self.crop_w)
+
+    def is_cropped(self, H: int, W: int) -> bool:
+        """True when the crop leaves part of an H x W input out."""
+        return (self.crop_h, self.crop_w) != (H, W)
+
+
+def _round_to(v: float, m: int) -> int:
+    return max(m, int(round(v / m)) * m)
+
+
+def processing_geometry(H: int, W: int, manifest, processing_width: Optional[int]) -> ProcessingGeometry:
+    """Processing size for an H x W input on this engine (see the module docstring, step 2)."""
+    if manifest.dynamic_size:
+        m = int(manifest.size_multiple)
+        target = min(int(processing_width or DEFAULT_PROCESSING_WIDTH), W)   # never upsample beyond the input
+        w = max(m, target // m * m)
+        h = max(1, int(round(H * w / float(W))))
+        return ProcessingGeometry(0, 0, H, W, h, w, -(-h // m) * m, w)
+    He, We = manifest.height, manifest.width
+    # largest centred crop with the engine's aspect ratio
+    if H * We > W * He:          # input taller than the engine: crop rows
+        ch, cw = min(H, int(round(W * He / float(We)))), W
+    else:
+        ch, cw = H, min(W, int(round(H * We / float(He))))
+    return ProcessingGeometry((H - ch) // 2, (W - cw) // 2, ch, cw, He, We, He, We)
 
 
 @dataclass
@@ -51,11 +122,15 @@ class DepthResult:
         depth: H x W float32 metres along the optical axis, NaN where masked.
         uncertainty: H x W float32 metres (std of the per-pixel distribution; not masked).
         hypotheses: the D depth hypotheses used (m), or the sorted focus distances (DFV).
-        timings: milliseconds per stage: validate, resize, cost_volume, infer, post, total.
+        timings: milliseconds per stage: validate, resize, cost_volume, infer, upsample, post, total.
         n_out_of_range: pixels masked for non-finite or out-of-range depth.
         n_uncertain: pixels masked by the uncertainty threshold (not already out of range).
         reference_index: index (in the input stack's order) of the reference frame.
         backend: engine backend that produced it.
+        all_in_focus: H x W x C float32 in [0, 1] (C as the input), when asked for.
+        geometry: the processing geometry used.
+        alignment: per-frame :class:`~ddfs_ros.align.Similarity` (input order after any
+            sorting) when ``align='similarity'``, else empty.
     """
 
     depth: np.ndarray
@@ -66,6 +141,9 @@ class DepthResult:
     n_uncertain: int = 0
     reference_index: int = 0
     backend: str = ''
+    all_in_focus: Optional[np.ndarray] = None
+    geometry: Optional[ProcessingGeometry] = None
+    alignment: list = field(default_factory=list)
 
     @property
     def valid_fraction(self) -> float:
@@ -109,12 +187,27 @@ class DepthPipeline:
         max_uncertainty: absolute threshold (m); ``None`` = off.
         max_relative_uncertainty: threshold on uncertainty / depth; ``None`` or 0 = off.
         cost_volume: an existing :class:`CostVolume` (to share its filter cache).
+        processing_width: width (px) the cost volume and network run at, for a
+            dynamic-size engine (height by the aspect ratio; never above the input
+            width).  Fixed-size engines always run at their own size.
+        upsample: ``'joint_bilateral'`` | ``'guided'`` | ``'bilinear'`` (see :mod:`ddfs_ros.refine`).
+        align: ``'off'`` | ``'similarity'``: warp every frame onto the reference before the
+            cost volume (:mod:`ddfs_ros.align`); depth is NaN where a frame did not see.
     """
 
     def __init__(self, engine, hypothesis_mode: HypothesisMode = 'fixed', reference: str = 'farthest',
                  max_uncertainty: Optional[float] = None,
                  max_relative_uncertainty: Optional[float] = DEFAULT_MAX_RELATIVE_UNCERTAINTY,
-                 cost_volume: Optional[CostVolume] = None) -> None:
+                 cost_volume: Optional[CostVolume] = None,
+                 processing_width: int = DEFAULT_PROCESSING_WIDTH, upsample: str = DEFAULT_UPSAMPLE,
+                 align: str = 'off') -> None:
+        self.align = check_align_mode(align)
+        if upsample not in refine.UPSAMPLE_METHODS:
+            raise ValueError(f'upsample must be one of {refine.UPSAMPLE_METHODS}, got {upsample!r}')
+        if int(processing_width) < 8:
+            raise ValueError(f'processing_width must be >= 8 px, got {processing_width}')
+        self.processing_width = int(processing_width)
+        self.upsample = upsample
         self.engine = engine
         self.manifest = engine.manifest
         if isinstance(hypothesis_mode, str):
@@ -137,11 +230,23 @@ class DepthPipeline:
         self._cv_device: Optional[torch.device] = None
 
     # -- helpers ----------------------------------------------------------------------
-    def _cost_volume(self, device: torch.device) -> CostVolume:
+    def _cost_volume(self, device: torch.device, width_px: int) -> CostVolume:
         if self._cv is None or self._cv_device != device:
-            self._cv = CostVolume(device=device, max_coc_px=self.manifest.max_coc_px)
+            self._cv = CostVolume(device=device)
             self._cv_device = device
+        self._cv.max_coc_px = self.max_coc_px(width_px)
         return self._cv
+
+    def max_coc_px(self, width_px: int) -> Optional[float]:
+        """Blur clamp (px) at a processing width: the manifest's, scaled with width (section 3)."""
+        m = self.manifest
+        if m.max_coc_px is None:
+            return None            # CostVolume's default, already scaled with width
+        return float(m.max_coc_px) * float(width_px) / float(m.coc_reference_width)
+
+    def geometry(self, height: int, width: int) -> ProcessingGeometry:
+        """The processing geometry of an input of this size."""
+        return processing_geometry(height, width, self.manifest, self.processing_width)
 
     def hypotheses_for(self, focus_m: np.ndarray) -> np.ndarray:
         """The D depth hypotheses (m, ascending) for a stack with these focus distances."""
@@ -169,8 +274,12 @@ class DepthPipeline:
 
     # -- the run ------------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, stack: FocalStack) -> DepthResult:
-        """Depth and uncertainty of ``stack`` at its own size (see the module docstring)."""
+    def run(self, stack: FocalStack, all_in_focus: bool = False) -> DepthResult:
+        """Depth and uncertainty of ``stack`` at its own size (see the module docstring).
+
+        Args:
+            all_in_focus: also compose the all-in-focus image (``result.all_in_focus``).
+        """
         t0 = time.perf_counter()
         timings = {}
         self.check(stack)
@@ -181,18 +290,26 @@ class DepthPipeline:
             stack = stack.sorted()          # DFV learned near -> far
         ref = stack.reference_index(which)
         H, W = stack.height, stack.width
-        He, We = m.height, m.width
+        g = self.geometry(H, W)
         device = self.engine.device
         t1 = time.perf_counter()
         timings['validate'] = (t1 - t0) * 1e3
 
+        # Stack alignment (align: off | similarity) warps the frames onto the reference
+        # before anything is resized; align_valid is None when off.
+        stack, align_valid, align_params = align_focal_stack(stack, ref, self.align)
         frames = torch.from_numpy(np.ascontiguousarray(stack.as_rgb())).to(device)   # F H W 3
-        frames = frames.permute(0, 3, 1, 2).contiguous()                               # F 3 H W
-        if (H, W) != (He, We):
-            frames = Fnn.interpolate(frames, size=(He, We), mode='area' if He * We < H * W else 'bilinear',
-                                     **({} if He * We < H * W else {'align_corners': False}))
+        frames = frames.permute(0, 3, 1, 2)                                            # F 3 H W
+        frames = frames[:, :, g.y0:g.y0 + g.crop_h, g.x0:g.x0 + g.crop_w].contiguous()
+        if (g.crop_h, g.crop_w) != (g.height, g.width):
+            shrink = g.height * g.width < g.crop_h * g.crop_w
+            frames = Fnn.interpolate(frames, size=(g.height, g.width), mode='area' if shrink else 'bilinear',
+                                     **({} if shrink else {'align_corners': False}))
             frames = frames.clamp_(0.0, 1.0)
-        pitch = stack.lens.pixel_pitch_m * W / float(We)
+        if (g.padded_height, g.padded_width) != (g.height, g.width):
+            # reflection keeps the texture statistics at the border; the rows are cropped off the output
+            frames = Fnn.pad(frames, (0, g.padded_width - g.width, 0, g.padded_height - g.height), mode='reflect')
+        pitch = stack.lens.pixel_pitch_m / g.scale          # same factor on both axes: round blur disks
         lens = LensModel(stack.lens.focal_length_m, stack.lens.f_number, pitch)
         self._sync(device)
         t2 = time.perf_counter()
@@ -200,8 +317,8 @@ class DepthPipeline:
 
         if m.uses_cost_volume:
             hyp = self.hypotheses_for(stack.focus_m)
-            cv = self._cost_volume(device)(frames, stack.focus_m, stack.per_frame_f_numbers(),
-                                           lens.focal_length_m, lens.pixel_pitch_m, hyp)
+            cv = self._cost_volume(device, g.width)(frames, stack.focus_m, stack.per_frame_f_numbers(),
+                                                    lens.focal_length_m, lens.pixel_pitch_m, hyp)
             inputs = {'image': frames[ref:ref + 1],
                       'cost_volume': cv[None],
                       'depths': torch.as_tensor(hyp, dtype=torch.float32, device=device)[None]}
@@ -220,20 +337,39 @@ class DepthPipeline:
         t4 = time.perf_counter()
         timings['infer'] = (t4 - t3) * 1e3
 
-        out = torch.cat([depth_t.reshape(1, 1, He, We), unc_t.reshape(1, 1, He, We)], dim=1).float()
-        if (H, W) != (He, We):
-            out = Fnn.interpolate(out, size=(H, W), mode='bilinear', align_corners=False)
-        out = out[0].cpu().numpy()
+        Hp, Wp = g.padded_height, g.padded_width
+        out = torch.cat([depth_t.reshape(1, Hp, Wp), unc_t.reshape(1, Hp, Wp)], dim=0).float().cpu()
+        out = out[:, :g.height, :g.width]
+        guide = None
+        if self.upsample != 'bilinear' and (g.crop_h, g.crop_w) != (g.height, g.width):
+            ref_full = torch.from_numpy(stack.frames[ref, g.y0:g.y0 + g.crop_h, g.x0:g.x0 + g.crop_w])
+            guide = refine.to_gray(ref_full.float())
+        out = refine.upsample(out, (g.crop_h, g.crop_w), self.upsample, guide).numpy()
+        if g.is_cropped(H, W):
+            full = np.full((2, H, W), np.nan, dtype=np.float32)
+            full[:, g.y0:g.y0 + g.crop_h, g.x0:g.x0 + g.crop_w] = out
+            out = full
         depth = np.ascontiguousarray(out[0], dtype=np.float32)
         unc = np.ascontiguousarray(out[1], dtype=np.float32)
+        aif = None
+        if all_in_focus:
+            # composed from the unmasked depth: a masked pixel still needs a best frame
+            aif = refine.all_in_focus(stack.frames, depth, stack.focus_m, stack.per_frame_f_numbers(),
+                                      stack.lens.focal_length_m, stack.lens.pixel_pitch_m)
+        t5 = time.perf_counter()
+        timings['upsample'] = (t5 - t4) * 1e3
+
         bad_range, bad_unc = sanity_mask(depth, unc, lo, hi, self.max_uncertainty, self.max_relative_uncertainty)
         depth[bad_range | bad_unc] = np.nan
-        t5 = time.perf_counter()
-        timings['post'] = (t5 - t4) * 1e3
-        timings['total'] = (t5 - t0) * 1e3
+        if align_valid is not None:
+            depth[~align_valid] = np.nan        # a pixel some frame did not see (REP 117 NaN)
+        t6 = time.perf_counter()
+        timings['post'] = (t6 - t5) * 1e3
+        timings['total'] = (t6 - t0) * 1e3
         return DepthResult(depth=depth, uncertainty=unc, hypotheses=np.asarray(hyp, dtype=np.float64),
                            timings=timings, n_out_of_range=int(bad_range.sum()), n_uncertain=int(bad_unc.sum()),
-                           reference_index=ref_in, backend=self.engine.backend_name)
+                           reference_index=ref_in, backend=self.engine.backend_name, all_in_focus=aif, geometry=g,
+                           alignment=align_params)
 
     def warm_up(self, num_frames: Optional[int] = None, runs: int = 2) -> float:
         """Run a synthetic stack through every stage (allocations, filter cache, autotuning).
@@ -245,7 +381,11 @@ class DepthPipeline:
         lo, hi = m.train_focus_range or (0.3, 1.5)
         focus = np.geomspace(lo, hi, F)
         rng = np.random.default_rng(0)
-        frames = rng.random((F, m.height, m.width, 3), dtype=np.float32)
+        H, W = m.height, m.width
+        if m.dynamic_size:      # the processing size of a 4:3 camera (allocations, filter cache)
+            W = max(self.processing_width, m.size_multiple)
+            H = max(m.size_multiple, W * 3 // 4)
+        frames = rng.random((F, H, W, 3), dtype=np.float32)
         stack = FocalStack(frames, focus, LensModel(min(0.01, lo / 4), 2.0, 10e-6))
         total = 0.0
         for _ in range(runs):

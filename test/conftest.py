@@ -46,3 +46,83 @@ def tiny_engines(tmp_path_factory) -> dict:
 def tiny_engine(tiny_engines) -> dict:
     """Alias of :func:`tiny_engines`."""
     return tiny_engines
+
+
+#: The tiny cost-volume engines (``cost_argmin_engines``): D and hypothesis range.
+ARGMIN_D = 16
+ARGMIN_HYPOTHESES = {'d_min': 0.1, 'd_max': 0.6, 'spacing': 'depth'}
+
+
+def build_cost_argmin_engines(folder: Path, processing_width: int = 64) -> dict:
+    """Export a tiny fully convolutional ``ddfs``-family network, dynamic and fixed-size.
+
+    The network is ``softmax_D(-10 * cost_volume + conv3x3([image, cost_volume]))`` with
+    the conv initialised at random and scaled by 0.01: an untrained network whose
+    soft-argmin still follows the cost volume, so a depth it gives means something
+    (the round-disk test needs that).  ``training/models`` bake sizes into their traced
+    graphs, so this small net stands in for the dynamic-shape export until the
+    retrained engines land.  ONNX only (``torch_program`` null).
+
+    Returns ``{'dynamic': Path, 'fixed': Path}`` (manifests).  The dynamic one is
+    exported with dynamic H and W (``size_multiple`` 8, validated 16 x 16 .. 256 x 256,
+    ``train_processing_width`` = ``processing_width``); the fixed one at 64 x 64.
+    """
+    import hashlib
+    import json
+    import warnings
+
+    import torch
+
+    class TinyCostNet(torch.nn.Module):
+        def __init__(self, d: int) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3 + d, d, 3, padding=1)
+            with torch.no_grad():
+                self.conv.weight.mul_(0.01)
+                self.conv.bias.mul_(0.01)
+
+        def forward(self, image, cost_volume, depths):
+            logits = -10.0 * cost_volume + self.conv(torch.cat([image, cost_volume], 1))
+            p = torch.softmax(logits, 1)
+            d = depths[:, :, None, None]
+            depth = (p * d).sum(1, keepdim=True)
+            unc = ((p * (d - depth) ** 2).sum(1, keepdim=True) + 1e-12).sqrt()
+            return depth, unc
+
+    torch.manual_seed(0)
+    model = TinyCostNet(ARGMIN_D).eval()
+    out = {}
+    for kind, (H, W) in (('dynamic', (48, 64)), ('fixed', (64, 64))):
+        onnx_path = folder / f'argmin_{kind}.onnx'
+        inputs = (torch.rand(1, 3, H, W), torch.rand(1, ARGMIN_D, H, W),
+                  torch.linspace(ARGMIN_HYPOTHESES['d_min'], ARGMIN_HYPOTHESES['d_max'], ARGMIN_D)[None])
+        hw = {2: 'H', 3: 'W'}
+        dyn = {'image': hw, 'cost_volume': hw, 'depth': hw, 'uncertainty': hw} if kind == 'dynamic' else None
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            torch.onnx.export(model, inputs, str(onnx_path), input_names=['image', 'cost_volume', 'depths'],
+                              output_names=['depth', 'uncertainty'], opset_version=17, dynamo=False,
+                              dynamic_axes=dyn)
+        manifest = {
+            'name': f'argmin_{kind}', 'family': 'ddfs', 'onnx': onnx_path.name,
+            'sha256': hashlib.sha256(onnx_path.read_bytes()).hexdigest(), 'torch_program': None,
+            'inputs': {'image': [1, 3, H, W], 'cost_volume': [1, ARGMIN_D, H, W], 'depths': [1, ARGMIN_D]},
+            'outputs': {'depth': [1, 1, H, W], 'uncertainty': [1, 1, H, W]},
+            'image_size': [H, W], 'num_hypotheses': ARGMIN_D, 'num_frames': None,
+            'hypotheses': dict(ARGMIN_HYPOTHESES), 'train_focus_range': [0.1, 1.5],
+            'reference_frame': 'farthest', 'max_coc_px': 10.0 * W / 64.0,
+        }
+        if kind == 'dynamic':
+            manifest.update({'dynamic_size': True, 'size_multiple': 8, 'validated_size': [[16, 16], [256, 256]],
+                             'train_processing_width': int(processing_width),
+                             'max_coc_px': 10.0 * processing_width / 64.0})
+        path = onnx_path.with_suffix('.json')
+        path.write_text(json.dumps(manifest, indent=1))
+        out[kind] = path
+    return out
+
+
+@pytest.fixture(scope='session')
+def cost_argmin_engines(tmp_path_factory) -> dict:
+    """:func:`build_cost_argmin_engines` in a session temp folder."""
+    return build_cost_argmin_engines(tmp_path_factory.mktemp('argmin_engines'))

@@ -30,23 +30,27 @@ def _stack(F=5, H=64, W=64, seed=0, focus=None, f_numbers=None):
 
 
 def test_resize_and_pitch_scaling_match_the_stages_run_by_hand(engines):
+    """A 4:3 stack on a fixed 64 x 64 engine: centre crop to 1:1, never squashed."""
     eng = engines['ddfs']
-    pipe = DepthPipeline(eng, hypothesis_mode='fixed', max_relative_uncertainty=None)
+    pipe = DepthPipeline(eng, hypothesis_mode='fixed', max_relative_uncertainty=None, upsample='bilinear')
     stack = _stack(H=96, W=128, seed=1)
     res = pipe.run(stack)
     assert res.depth.shape == (96, 128) and res.uncertainty.shape == (96, 128)
-    # the same stages by hand: area resize, pitch * 128 / 64, cost volume, infer, bilinear back
-    frames = Fnn.interpolate(torch.from_numpy(stack.frames).permute(0, 3, 1, 2), size=(64, 64), mode='area')
+    # the same stages by hand: centre crop 96 x 96, area resize, pitch * 96 / 64, cost volume,
+    # infer, bilinear back into the crop, NaN outside it
+    crop = torch.from_numpy(stack.frames[:, :, 16:112]).permute(0, 3, 1, 2)
+    frames = Fnn.interpolate(crop, size=(64, 64), mode='area')
     hyp = eng.manifest.train_hypotheses()
     cv = CostVolume(max_coc_px=eng.manifest.max_coc_px)(frames, stack.focus_m, stack.per_frame_f_numbers(), 0.01,
-                                                      20e-6 * 128 / 64, hyp)
+                                                      20e-6 * 96 / 64, hyp)
     ref = stack.reference_index('farthest')
     d, u = eng.infer({'image': frames[ref:ref + 1], 'cost_volume': cv[None],
                       'depths': torch.as_tensor(hyp, dtype=torch.float32)[None]})
-    back = Fnn.interpolate(torch.cat([d, u], 1), size=(96, 128), mode='bilinear', align_corners=False)[0].numpy()
-    np.testing.assert_allclose(res.depth, back[0], atol=1e-5)
-    np.testing.assert_allclose(res.uncertainty, back[1], atol=1e-5)
-    assert set(res.timings) >= {'validate', 'resize', 'cost_volume', 'infer', 'post', 'total'}
+    back = Fnn.interpolate(torch.cat([d, u], 1), size=(96, 96), mode='bilinear', align_corners=False)[0].numpy()
+    np.testing.assert_allclose(res.depth[:, 16:112], back[0], atol=1e-5)
+    np.testing.assert_allclose(res.uncertainty[:, 16:112], back[1], atol=1e-5)
+    assert np.isnan(res.depth[:, :16]).all() and np.isnan(res.depth[:, 112:]).all()
+    assert set(res.timings) >= {'validate', 'resize', 'cost_volume', 'infer', 'upsample', 'post', 'total'}
     assert res.backend == 'onnxruntime'
 
 

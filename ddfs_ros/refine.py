@@ -1,0 +1,199 @@
+"""Back to the camera's resolution: edge-aware upsampling and the all-in-focus image.
+
+The network runs at ``processing_width`` (DESIGN.md section 5); depth and uncertainty
+are brought back to the input size here, guided by a full-resolution image (the
+reference frame or the all-in-focus composite), so that depth edges land on the
+image edges instead of being smeared over a processing pixel or two.
+
+Methods (chosen by measurement, see bench/RESULTS.md "Edge-aware upsampling"):
+
+- ``bilinear``: the plain baseline.
+- ``joint_bilateral``: joint bilateral upsampling (Kopf et al., SIGGRAPH 2007): each
+  output pixel is a weighted mean of the low-resolution samples in a 4 x 4
+  neighbourhood, weights = spatial Gaussian (in low-res px) x range Gaussian of the
+  difference between the full-resolution guide at the output pixel and the
+  low-resolution guide at the sample.  A sample across an intensity edge gets almost
+  no weight, so the depth step follows the image edge.
+- ``guided``: the fast guided filter (He & Sun 2015): the locally linear
+  coefficients of depth on the guide are fitted at low resolution, upsampled
+  bilinearly and applied to the full-resolution guide.
+
+Everything is torch on CPU (or the maps' device), no ROS.  Shapes: low-resolution
+maps are C x h x w, guides H x W (gray, float in [0, 1]).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as Fnn
+
+from .optics import coc_px
+
+UPSAMPLE_METHODS = ('bilinear', 'joint_bilateral', 'guided')
+
+#: Spatial sigma of the joint bilateral weights, in low-resolution pixels.
+JBU_SIGMA_SPACE = 1.0
+#: Range sigma of the joint bilateral weights (guide intensity in [0, 1]).
+JBU_SIGMA_RANGE = 0.05
+#: Guided filter radius (low-resolution px) and regulariser (intensity^2).
+GUIDED_RADIUS = 2
+GUIDED_EPS = 1e-3
+#: Softness (px) of the per-frame blur weights of the all-in-focus composite.
+AIF_TAU_PX = 1.0
+
+
+def to_gray(image: torch.Tensor) -> torch.Tensor:
+    """H x W x C (C = 1 or 3, RGB) or H x W -> H x W luma (Rec. 601 weights)."""
+    if image.dim() == 2:
+        return image
+    if image.shape[-1] == 1:
+        return image[..., 0]
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device)
+    return image @ w
+
+
+def _bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """C x h x w -> C x H x W, bilinear with half-pixel centres."""
+    return Fnn.interpolate(x[None], size=size, mode='bilinear', align_corners=False)[0]
+
+
+def _area(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """H x W -> h x w by area averaging (the guide at the processing resolution)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return Fnn.interpolate(x[None, None], size=size, mode='area')[0, 0]
+
+
+def joint_bilateral_upsample(low: torch.Tensor, guide: torch.Tensor, guide_low: Optional[torch.Tensor] = None,
+                             sigma_space: float = JBU_SIGMA_SPACE, sigma_range: float = JBU_SIGMA_RANGE,
+                             radius: int = 2) -> torch.Tensor:
+    """Joint bilateral upsampling of C x h x w maps to the guide's H x W.
+
+    Args:
+        low: C x h x w float maps (depth, uncertainty ...), finite.
+        guide: H x W full-resolution guide in [0, 1].
+        guide_low: h x w guide at the maps' resolution (default: ``guide`` area-averaged).
+        sigma_space: spatial sigma in low-resolution pixels.
+        sigma_range: range sigma in guide units.
+        radius: the neighbourhood is the (2 * radius) x (2 * radius) low-res samples
+            around each output pixel's continuous low-res position.
+
+    Returns:
+        C x H x W float32.
+    """
+    C, h, w = low.shape
+    H, W = guide.shape
+    if guide_low is None:
+        guide_low = _area(guide, (h, w))
+    dev = low.device
+    # continuous low-res coordinates of the output pixel centres (half-pixel convention)
+    yc = (torch.arange(H, device=dev, dtype=torch.float32) + 0.5) * (h / H) - 0.5
+    xc = (torch.arange(W, device=dev, dtype=torch.float32) + 0.5) * (w / W) - 0.5
+    y0, x0 = torch.floor(yc).long(), torch.floor(xc).long()
+    num = torch.zeros(C, H, W, dtype=torch.float32, device=dev)
+    den = torch.zeros(H, W, dtype=torch.float32, device=dev)
+    inv_s = -0.5 / sigma_space ** 2
+    inv_r = -0.5 / sigma_range ** 2
+    flat_low = low.reshape(C, h * w)
+    flat_g = guide_low.reshape(h * w)
+    for dy in range(1 - radius, radius + 1):
+        yi = (y0 + dy).clamp_(0, h - 1)
+        wy = torch.exp((yc - yi.float()) ** 2 * inv_s)                # H
+        for dx in range(1 - radius, radius + 1):
+            xi = (x0 + dx).clamp_(0, w - 1)
+            wx = torch.exp((xc - xi.float()) ** 2 * inv_s)            # W
+            idx = (yi[:, None] * w + xi[None, :]).reshape(-1)         # H*W
+            g = flat_g[idx].reshape(H, W)
+            wt = torch.exp((guide - g).square_().mul_(inv_r)).mul_(wy[:, None]).mul_(wx[None, :])
+            den += wt
+            num += flat_low[:, idx].reshape(C, H, W) * wt
+    return num / den.clamp_min_(1e-12)
+
+
+def _box(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Mean over a (2r+1)^2 window, ... x h x w, replicate borders."""
+    k = 2 * r + 1
+    shape = x.shape
+    y = Fnn.avg_pool2d(Fnn.pad(x.reshape(-1, 1, *shape[-2:]), (r, r, r, r), mode='replicate'), k, stride=1)
+    return y.reshape(shape)
+
+
+def guided_upsample(low: torch.Tensor, guide: torch.Tensor, guide_low: Optional[torch.Tensor] = None,
+                    radius: int = GUIDED_RADIUS, eps: float = GUIDED_EPS) -> torch.Tensor:
+    """Fast guided filter upsampling of C x h x w maps to the guide's H x W (float32)."""
+    C, h, w = low.shape
+    H, W = guide.shape
+    if guide_low is None:
+        guide_low = _area(guide, (h, w))
+    I = guide_low[None]                                   # 1 x h x w
+    mean_i = _box(I, radius)
+    mean_p = _box(low, radius)
+    cov = _box(I * low, radius) - mean_i * mean_p
+    var = _box(I * I, radius) - mean_i * mean_i
+    a = cov / (var + eps)
+    b = mean_p - a * mean_i
+    a, b = _box(a, radius), _box(b, radius)
+    return _bilinear(a, (H, W)) * guide[None] + _bilinear(b, (H, W))
+
+
+def upsample(low: torch.Tensor, size: tuple[int, int], method: str = 'joint_bilateral',
+             guide: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """C x h x w maps to C x H x W by ``method`` (see the module docstring).
+
+    ``guide`` (H x W gray in [0, 1]) is needed by the edge-aware methods; without one
+    they fall back to bilinear.  Maps already at ``size`` are returned as they are.
+    """
+    if method not in UPSAMPLE_METHODS:
+        raise ValueError(f'upsample method must be one of {UPSAMPLE_METHODS}, got {method!r}')
+    low = low.float()
+    if tuple(low.shape[-2:]) == tuple(size):
+        return low
+    if method == 'bilinear' or guide is None:
+        return _bilinear(low, size)
+    guide = guide.to(low.device, torch.float32)
+    if method == 'joint_bilateral':
+        return joint_bilateral_upsample(low, guide)
+    return guided_upsample(low, guide)
+
+
+def focus_weights(depth_m: np.ndarray, focus_m: Sequence[float], f_numbers: Sequence[float],
+                  focal_length_m: float, pixel_pitch_m: float, tau_px: float = AIF_TAU_PX) -> np.ndarray:
+    """Per-frame in-focus weights at the estimated depth: F x H x W float32, sum 1 per pixel.
+
+    The circle of confusion c_i (px) of the depth in frame i (thin lens, section 3 of
+    DESIGN.md, unclamped) gives ``w_i = exp(-((c_i - min_k c_k) / tau)^2 / 2)``: the
+    sharpest frame at that depth dominates, frames nearly as sharp blend in (less noise).
+    Non-finite depth gets equal weights.
+    """
+    d = np.asarray(depth_m, dtype=np.float32)
+    ok = np.isfinite(d) & (d > 0)
+    d = np.where(ok, d, 1.0).astype(np.float32)
+    s = np.asarray(focus_m, dtype=np.float32)[:, None, None]
+    n = np.broadcast_to(np.asarray(f_numbers, dtype=np.float32), (len(s),))[:, None, None]
+    c = coc_px(d[None], s, np.float32(focal_length_m), n, np.float32(pixel_pitch_m)).astype(np.float32)
+    c -= c.min(axis=0, keepdims=True)
+    w = np.exp(-0.5 * (c / np.float32(tau_px)) ** 2)
+    w[:, ~ok] = 1.0
+    w /= w.sum(axis=0, keepdims=True)
+    return w
+
+
+def all_in_focus(frames: np.ndarray, depth_m: np.ndarray, focus_m: Sequence[float], f_numbers: Sequence[float],
+                 focal_length_m: float, pixel_pitch_m: float, tau_px: float = AIF_TAU_PX) -> np.ndarray:
+    """All-in-focus composite: F x H x W x C frames blended by :func:`focus_weights`.
+
+    Args:
+        frames: F x H x W x C float32 in [0, 1] at the depth map's resolution.
+        depth_m: H x W estimated depth (m), before any sanity mask (the composite needs a
+            depth everywhere; a wrong depth there only picks a blurrier frame).
+        pixel_pitch_m: m/px of ``frames``.
+
+    Returns:
+        H x W x C float32 in [0, 1].
+    """
+    w = focus_weights(depth_m, focus_m, f_numbers, focal_length_m, pixel_pitch_m, tau_px)
+    fr = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))
+    out = torch.einsum('fhw,fhwc->hwc', torch.from_numpy(w), fr)
+    return out.clamp_(0.0, 1.0).numpy()
