@@ -332,6 +332,33 @@ def test_bad_inputs_publish_nothing_count_log_and_recover(t1, plane_sweep, capfd
         assert int(v['dropped_pair_timeout']) >= 1
 
 
+@pytest.mark.parametrize('k, p', [
+    ([float('inf')] * 9, None),                                     # the fuzz find of issue 12
+    ([0.0, 0.0, 32.0, 0.0, 250.0, 32.0, 0.0, 0.0, 1.0], None),          # fx = 0
+    (None, [float('nan')] + [0.0] * 11),
+    (None, [250.0, 0.0, 32.0, 0.0, 0.0, -250.0, 32.0, 0.0, 0.0, 0.0, 1.0, 0.0]),   # fy < 0
+])
+def test_bad_intrinsics_are_rejected_counted_and_not_republished(t1, plane_sweep, k, p):
+    node, pub, col = t1
+    before = node.counters['bad_intrinsics']
+    image, info, lens = _triple(plane_sweep)           # lens_state carries focal_length: K is not needed for f
+    assert 'focal_length' in lens.name
+    if k is not None:
+        info.k = k
+    if p is not None:
+        info.p = p
+    stamp = ros_io.stamp_to_ns(image.header.stamp)
+    pub.send(image, info, lens)
+    assert wait_until(lambda: node.counters['bad_intrinsics'] == before + 1, 5.0), dict(node.counters)
+    good = _triple(plane_sweep)
+    good_stamp = ros_io.stamp_to_ns(good[0].header.stamp)
+    pub.send(*good)
+    assert wait_until(lambda: col.get('depth/image', good_stamp) is not None, 10.0)
+    for topic in ('depth/image', 'depth/uncertainty', 'depth/camera_info', 'depth/points'):
+        assert stamp not in col.stamps(topic), topic
+    assert node.stats()['error_bad_intrinsics'] == before + 1
+
+
 def test_fixed_f_engine_rejects_other_frame_counts(ros, tiny_engines, plane_sweep):
     ctx, executor = ros
     node = _inference(ctx, '/t2', tiny_engines['dfv'])
@@ -491,13 +518,41 @@ def _spawn(args, **kw):
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
+BAD_PARAMETER_RUNS = {
+    'capture -p': (['ddfs_ros.nodes.capture_node'], ['-p', 'f_number:=-2.0'], None, 'f_number'),
+    'inference -p': (['ddfs_ros.nodes.inference_node'], ['-p', 'max_relative_uncertainty:=-1.0'], None,
+                     'max_relative_uncertainty'),
+    'capture yaml type': (['ddfs_ros.nodes.capture_node'], [], '/**/capture_node:\n  ros__parameters:\n'
+                          '    rate: fast\n', 'rate'),
+    'inference yaml range': (['ddfs_ros.nodes.inference_node'], [], '/**/inference_node:\n  ros__parameters:\n'
+                             '    pair_timeout: -3.0\n', 'pair_timeout'),
+    'inference pipeline check': (['ddfs_ros.nodes.inference_node'],
+                                 ['-p', 'hypothesis_mode:=range', '-p', 'depth_min:=2.0', '-p', 'depth_max:=1.0'],
+                                 None, 'hypothesis range'),
+}
+
+
+@pytest.mark.parametrize('case', list(BAD_PARAMETER_RUNS))
+def test_bad_parameter_from_any_source_is_one_fatal_line_and_exit_1(case, tmp_path):
+    module, params, yaml_text, name = BAD_PARAMETER_RUNS[case]
+    if yaml_text is not None:
+        (tmp_path / 'bad.yaml').write_text(yaml_text)
+        params = params + ['--params-file', str(tmp_path / 'bad.yaml')]
+    p = _spawn(['-m', *module, '--ros-args', '-r', '__ns:=/t11', *params])
+    text = p.communicate(timeout=120)[0]
+    assert p.returncode == 1, text
+    fatal = [ln for ln in text.splitlines() if '[FATAL]' in ln]
+    assert len(fatal) == 1 and 'cannot start' in fatal[0] and name in fatal[0], text
+    assert 'Traceback' not in text and 'Exception' not in text.replace('InvalidParameter', ''), text
+
+
 @pytest.mark.slow
 def test_capture_and_inference_in_two_processes(ros, tiny_engines):
     ctx, executor = ros
     col = Collector('collector', '/t7', {'focal_stack/image': Image, 'depth/image': Image}, ctx)
     _add(executor, col)
     cap = _spawn(['-m', 'ddfs_ros.nodes.capture_node', '--ros-args', '-r', '__ns:=/t7',
-                  '-p', 'scene:=plane', '-p', 'width:=64', '-p', 'height:=64', '-p', 'rate:=4.0',
+                  '-p', 'scene:=plane', '-p', 'width:=64', '-p', 'height:=64', '-p', 'rate:=10.0',
                   '-p', 'focus_distances:=[0.2, 0.3, 0.5, 0.8, 1.5]', '-p', 'focal_length:=0.01',
                   '-p', 'pixel_pitch:=4.0e-05', '-p', 'plane_depth:=0.6'])
     inf = _spawn(['-m', 'ddfs_ros.nodes.inference_node', '--ros-args', '-r', '__ns:=/t7',
@@ -520,6 +575,12 @@ def test_capture_and_inference_in_two_processes(ros, tiny_engines):
         _remove(executor, col)
     assert cap.returncode == 0 and inf.returncode == 0, outs
     assert 'ready: engine' in outs[1]
+    # A clean Ctrl-C (issue 12, item 3): no errors, no tracebacks, no rclpy teardown noise.
+    alarming = ('ERROR', 'Traceback', 'never retrieved', 'context is invalid', 'Failed to publish',
+                'Destroyable', 'Exception')
+    for out in outs:
+        bad = [ln for ln in out.splitlines() if any(a in ln for a in alarming)]
+        assert not bad, bad
 
 
 @pytest.mark.slow

@@ -213,6 +213,8 @@ class CaptureNode(Node):
 
 
 def main(args=None) -> int:
+    # Bad parameters (rclpy's range/type checks, and the node's own ValueErrors) end in one
+    # FATAL line and exit code 1 (run_node).
     return run_node(CaptureNode, lambda: MultiThreadedExecutor(num_threads=2), (CameraError, ValueError, ImportError),
                     'capture_node', args)
 

@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import ParameterException
 from rclpy.executors import Executor, ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, DurabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 
 PACKAGE = 'ddfs_ros'
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +97,26 @@ def describe(description: str, *, lo=None, hi=None, step=None, integer: bool = F
     return d
 
 
+def intrinsics_problem(k, p) -> Optional[str]:
+    """Why a CameraInfo's K (3x3, row-major) and P (3x4) cannot be used or republished, or None.
+
+    Both must have their 9 / 12 values, all finite, with fx, fy > 0 (K[0], K[4] and
+    P[0], P[5]).  The node derives the focal length from K, builds ``depth/points``
+    from K and republishes K and P in ``depth/camera_info``: an ``inf`` or zero
+    there would reach image_pipeline and rviz2 (issue 12, item 6).
+    """
+    for name, vals, n in (('K', k, 9), ('P', p, 12)):
+        v = np.asarray(list(vals), dtype=np.float64)
+        if v.size != n:
+            return f'{name} has {v.size} values, not {n}'
+        if not np.isfinite(v).all():
+            return f'{name} is not finite: {v.tolist()}'
+        fx, fy = (v[0], v[4]) if name == 'K' else (v[0], v[5])
+        if not (fx > 0 and fy > 0):
+            return f'{name} has fx = {fx:g}, fy = {fy:g}; both must be > 0'
+    return None
+
+
 def subscription_qos(kind: str, depth: int = 5) -> QoSProfile:
     """``reliable`` (default: best effort loses large images over Fast DDS) or ``sensor_data``."""
     if kind == 'sensor_data':
@@ -109,29 +135,118 @@ def publisher_qos(depth: int = 2) -> QoSProfile:
                       durability=DurabilityPolicy.VOLATILE)
 
 
+#: Errors from rclpy's parameter machinery: a value outside its descriptor's range, of the
+#: wrong type, or a read-only one set; from the command line (``-p``), a YAML file or overrides.
+PARAMETER_ERRORS: tuple = (ParameterException,)
+
+
+def parameter_error_text(e: BaseException) -> str:
+    """One line for a bad parameter: what rclpy said, and where such values come from."""
+    text = ' '.join(str(e).split())
+    return f'bad parameter: {text} (set by -p, a --params-file YAML or launch arguments; ' \
+           f'`ros2 param describe` lists the ranges)'
+
+
+def install_stop_handlers() -> threading.Event:
+    """SIGINT/SIGTERM set the returned event instead of tearing rclpy down asynchronously.
+
+    rclpy's own handler shuts the context down at once, while the worker thread may be
+    publishing and timers may be firing: that is where "publisher's context is invalid"
+    and "Destroyable ... destruction was requested" came from on every Ctrl-C.  With
+    this handler (and ``rclpy.init(signal_handler_options=SignalHandlerOptions.NO)``)
+    the spin loop notices the event and :func:`stop_nodes` shuts down in order.
+    Must run in the main thread.
+    """
+    stop = threading.Event()
+
+    def _handler(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _handler)
+    return stop
+
+
+def spin_until(executor: Executor, stop: threading.Event, period_s: float = 0.1,
+               done: Optional[Callable[[], bool]] = None) -> None:
+    """Spin ``executor`` until ``stop`` is set, ``done()`` is true or the context ends.
+
+    ``period_s`` (s) bounds how long a signal waits to be noticed.
+    """
+    while not stop.is_set() and executor.context.ok():
+        executor.spin_once(timeout_sec=period_s)
+        if done is not None and done():
+            return
+
+
+def stop_nodes(executor: Optional[Executor], nodes: list[Node], timeout_s: float = 5.0) -> None:
+    """Orderly teardown: timers off, in-flight callbacks finished, nodes destroyed.
+
+    The context is shut down by the caller afterwards (``rclpy.try_shutdown``), so no
+    callback, worker thread or log call ever meets an invalid context.  ``timeout_s``
+    (s) bounds the wait for callbacks still running on executor threads.
+    """
+    for node in nodes:
+        for timer in list(node.timers):
+            timer.cancel()
+        stop = getattr(node, 'stop', None)
+        if callable(stop):
+            stop()                   # worker threads: joined before anything is destroyed
+    if executor is not None:
+        # MultiThreadedExecutor runs callbacks on a pool; Executor.shutdown() does not wait
+        # for them (rclpy Jazzy), so wait on the submitted tasks here, then collect them so
+        # that none logs "exception was never retrieved".
+        end = time.monotonic() + timeout_s
+        tasks = list(getattr(executor, '_futures', []))
+        while any(not t.done() for t in tasks) and time.monotonic() < end:
+            time.sleep(0.01)
+        for t in tasks:
+            if t.done():
+                try:
+                    t.result()
+                except Exception:  # noqa: BLE001 - teardown: the node logged it when it happened
+                    pass
+        executor.shutdown(timeout_sec=timeout_s)
+    for node in nodes:
+        node.destroy_node()
+
+
 def run_node(make_node: Callable[[], Node], make_executor: Callable[[], Executor], startup_errors: tuple = (),
-             logger_name: Optional[str] = PACKAGE, args=None) -> int:
-    """``main()`` of a node process: Fast DDS profile, ``rclpy.init``/``shutdown`` in
-    ``try/finally``, spin until Ctrl-C.  Returns the process exit code: 1 when the node
-    could not start because of one of ``startup_errors`` (logged as fatal under
-    ``logger_name``; ``None`` when the node logs its own reason), else 0."""
+             logger_name: str = PACKAGE, args=None, already_logged: tuple = ()) -> int:
+    """``main()`` of a node process.
+
+    Fast DDS profile, ``rclpy.init`` without rclpy's signal handlers, spin until
+    SIGINT/SIGTERM, then :func:`stop_nodes` and ``rclpy.try_shutdown`` in ``finally``.
+
+    Returns the process exit code: 1 when the node could not start because of a bad
+    parameter (any source) or one of ``startup_errors``: one FATAL line under
+    ``logger_name`` says why, no traceback (exceptions in ``already_logged`` were
+    logged as fatal by the node itself); else 0, also after Ctrl-C.
+    """
     configure_fastdds()
-    rclpy.init(args=args)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
+    executor = None
     try:
         try:
             node = make_node()
+        except PARAMETER_ERRORS as e:
+            rclpy.logging.get_logger(logger_name).fatal(f'cannot start: {parameter_error_text(e)}')
+            return 1
         except startup_errors as e:
-            if logger_name:
+            if not isinstance(e, already_logged):
                 rclpy.logging.get_logger(logger_name).fatal(f'cannot start: {e}')
             return 1
+        stop = install_stop_handlers()
         executor = make_executor()
         executor.add_node(node)
-        executor.spin()
+        spin_until(executor, stop)
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        pass                         # Ctrl-C during start-up (before the handlers are in)
     finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+        try:
+            if node is not None:
+                stop_nodes(executor, [node])
+        finally:
+            rclpy.try_shutdown()
     return 0

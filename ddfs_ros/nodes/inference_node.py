@@ -36,7 +36,7 @@ from .. import ros_io
 from ..engines import EngineError, load_engine
 from ..pipeline import DEFAULT_MAX_RELATIVE_UNCERTAINTY, DepthPipeline
 from ..stack import StackError
-from .common import describe, run_node, publisher_qos, resolve_path, subscription_qos
+from .common import describe, intrinsics_problem, run_node, publisher_qos, resolve_path, subscription_qos
 from .pairing import LatestSlot, StampPairer
 
 try:
@@ -52,7 +52,7 @@ TOPICS = {'image': ros_io.TOPIC_IMAGE, 'camera_info': ros_io.TOPIC_CAMERA_INFO,
 REASONS = ('unsupported_encoding', 'bad_size', 'tile_mismatch', 'data_length', 'too_large', 'stamp_mismatch',
            'frame_id_mismatch', 'bad_lens_state', 'missing_lens', 'nan_lens', 'nonpositive_lens',
            'lens_frame_mismatch', 'focus_inside_focal_length', 'duplicate_frame', 'frame_count_mismatch',
-           'too_few_frames', 'nan_pixels', 'bad_shape', 'engine_error', 'internal_error')
+           'too_few_frames', 'nan_pixels', 'bad_shape', 'bad_intrinsics', 'engine_error', 'internal_error')
 #: Topic a :class:`StackError` from ``FocalStack.validate`` concerns.
 _REASON_TOPIC = {'missing_lens': 'lens_state', 'nan_lens': 'lens_state', 'nonpositive_lens': 'lens_state',
                  'focus_inside_focal_length': 'lens_state', 'duplicate_frame': 'lens_state'}
@@ -247,6 +247,12 @@ class InferenceNode(Node):
 
     def _process(self, parts: dict, t_complete: float) -> None:
         image, info, lens = parts['image'], parts['camera_info'], parts['lens_state']
+        # K feeds the focal length and depth/points, and K and P are republished in
+        # depth/camera_info: an all-inf K must never get that far.
+        bad_k = intrinsics_problem(info.k, info.p)
+        if bad_k is not None:
+            self._reject('bad_intrinsics', 'camera_info', bad_k, image.header)
+            return
         try:
             stack = ros_io.msgs_to_stack(image, info, lens, max_stack_bytes=int(self._param('max_stack_bytes')))
             result = self.pipeline.run(stack)
@@ -362,8 +368,10 @@ class InferenceNode(Node):
 
 
 def main(args=None) -> int:
-    # EngineError is logged as fatal with its reason by the node itself.
-    return run_node(InferenceNode, SingleThreadedExecutor, (EngineError,), None, args)
+    # EngineError is logged as fatal with its reason by the node itself; bad parameters
+    # (rclpy's range/type checks, ValueError from the pipeline's own checks) by run_node.
+    return run_node(InferenceNode, SingleThreadedExecutor, (EngineError, ValueError), 'inference_node', args,
+                    already_logged=(EngineError,))
 
 
 if __name__ == '__main__':

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .common import configure_fastdds, resolve_path
+from .common import (PARAMETER_ERRORS, configure_fastdds, install_stop_handlers, parameter_error_text,
+                     resolve_path, stop_nodes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +69,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     profile = configure_fastdds()          # before rclpy.init: Fast DDS reads it at start-up
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
+    from ..cameras import CameraError
     from ..engines import EngineError
     from .capture_node import CaptureNode
     from .inference_node import InferenceNode
@@ -82,32 +85,42 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 2
     if '--ros-args' in ros_extra:
         ros_extra = ros_extra[ros_extra.index('--ros-args') + 1:]
-    rclpy.init(args=['ddfs-run', '--ros-args', *files, *ros_extra])
+    # No rclpy signal handlers: Ctrl-C sets `stop` and the loop below shuts down in order
+    # (stop_nodes), instead of rclpy invalidating the context under running callbacks.
+    rclpy.init(args=['ddfs-run', '--ros-args', *files, *ros_extra], signal_handler_options=SignalHandlerOptions.NO)
+    log = rclpy.logging.get_logger('ddfs_run')
     nodes = []
+    executor = None
     recorder = None
     try:
         inf_over, cap_over = _overrides(args, args.demo)
         try:
             inference = InferenceNode(namespace=args.namespace, parameter_overrides=inf_over)
-        except EngineError as e:
-            print(f'ddfs-run: cannot start the inference node: {e}', file=sys.stderr)
+            nodes.append(inference)
+            capture = None
+            if not args.no_capture:
+                capture = CaptureNode(namespace=args.namespace, parameter_overrides=cap_over)
+                nodes.append(capture)
+        except PARAMETER_ERRORS as e:
+            log.fatal(f'cannot start: {parameter_error_text(e)}')
             return 1
-        nodes.append(inference)
-        capture = None
-        if not args.no_capture:
-            capture = CaptureNode(namespace=args.namespace, parameter_overrides=cap_over)
-            nodes.append(capture)
+        except EngineError:
+            return 1                 # the inference node logged the reason as fatal
+        except (CameraError, ValueError, ImportError) as e:
+            log.fatal(f'cannot start: {type(e).__name__}: {e}')
+            return 1
         if args.demo:
             from .demo import DemoRecorder
             recorder = DemoRecorder(Path(args.out), namespace=args.namespace)
             nodes.append(recorder)
+        stop = install_stop_handlers()
         executor = MultiThreadedExecutor(num_threads=4)
         for n in nodes:
             executor.add_node(n)
         inference.get_logger().info(f'ddfs-run: {len(nodes)} nodes in {args.namespace}; Fast DDS profile {profile}')
         t0 = time.monotonic()
         done_at = None
-        while rclpy.ok():
+        while rclpy.ok() and not stop.is_set():
             executor.spin_once(timeout_sec=0.05)
             now = time.monotonic()
             if args.duration and now - t0 >= args.duration:
@@ -129,11 +142,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(json.dumps({k: (None if isinstance(s[k], float) and s[k] != s[k] else s[k]) for k in keys}))
         return 0
     except (KeyboardInterrupt, ExternalShutdownException):
-        return 0
+        return 0                     # Ctrl-C during start-up, before the handlers are in
     finally:
-        for n in nodes:
-            n.destroy_node()
-        rclpy.try_shutdown()
+        try:
+            stop_nodes(executor, nodes)
+        finally:
+            rclpy.try_shutdown()
 
 
 if __name__ == '__main__':
