@@ -37,6 +37,8 @@ UPSAMPLE_METHODS = ('bilinear', 'joint_bilateral', 'guided')
 JBU_SIGMA_SPACE = 1.0
 #: Range sigma of the joint bilateral weights (guide intensity in [0, 1]).
 JBU_SIGMA_RANGE = 0.05
+#: Least range weight (relative to a perfect colour match) of a joint bilateral sample.
+JBU_RANGE_FLOOR = 1e-3
 #: Guided filter radius (low-resolution px) and regulariser (intensity^2).
 GUIDED_RADIUS = 2
 GUIDED_EPS = 1e-3
@@ -106,10 +108,13 @@ def joint_bilateral_upsample(low: torch.Tensor, guide: torch.Tensor, guide_low: 
             wx = torch.exp((xc - xi.float()) ** 2 * inv_s)            # W
             idx = (yi[:, None] * w + xi[None, :]).reshape(-1)         # H*W
             g = flat_g[idx].reshape(H, W)
-            wt = torch.exp((guide - g).square_().mul_(inv_r)).mul_(wy[:, None]).mul_(wx[None, :])
+            # the floor keeps a pixel whose colour matches no sample (noise, a thin line)
+            # at the spatial average instead of dividing ~0 by ~0
+            wt = torch.exp((guide - g).square_().mul_(inv_r)).add_(JBU_RANGE_FLOOR)
+            wt.mul_(wy[:, None]).mul_(wx[None, :])
             den += wt
             num += flat_low[:, idx].reshape(C, H, W) * wt
-    return num / den.clamp_min_(1e-12)
+    return num / den
 
 
 def _box(x: torch.Tensor, r: int) -> torch.Tensor:

@@ -27,9 +27,12 @@ from typing import Iterable, Mapping, Optional
 import numpy as np
 from skimage import filters
 
+from .boundary import BOUNDARY_KEYS, boundary_metrics
+
 #: Metric keys in table order (lower is better except delta*, coverage).
 METRIC_KEYS = ('absrel', 'sqrel', 'mse', 'rms', 'log_rms', 'mae',
                'delta1', 'delta2', 'delta3', 'bumpiness', 'avg_unc', 'coverage')
+METRIC_KEYS = METRIC_KEYS + BOUNDARY_KEYS     # edge AbsRel, boundary F (ddfs_ros.eval.boundary)
 #: Keys that still mean something without ground truth.
 NO_GT_KEYS = ('coverage', 'avg_unc')
 
@@ -127,6 +130,7 @@ def compute_metrics(pred: np.ndarray, gt: Optional[np.ndarray], uncertainty: Opt
         out[f'delta{k}'] = float(np.mean(ratio < 1.25 ** k) * 100.0)
     full_err = np.where(m, pred - gt, 0.0)
     out['bumpiness'] = float(bumpiness_map(full_err)[m].mean() * 100.0)
+    out.update(boundary_metrics(np.where(pred_ok, pred, np.nan), np.where(gt_ok, gt, np.nan), m))
     return out
 
 

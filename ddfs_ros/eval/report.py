@@ -29,7 +29,7 @@ GRID_STACKS = 3
 
 _LABELS = {'absrel': 'AbsRel', 'sqrel': 'SqRel', 'mse': 'MSE', 'rms': 'RMS', 'log_rms': 'logRMS',
            'mae': 'MAE', 'delta1': 'δ1 %', 'delta2': 'δ2 %', 'delta3': 'δ3 %', 'bumpiness': 'Bump',
-           'avg_unc': 'avgUnc', 'coverage': 'Cover'}
+           'avg_unc': 'avgUnc', 'coverage': 'Cover', 'edge_absrel': 'edge AbsRel', 'boundary_f': 'bound. F'}
 
 
 @dataclass
@@ -133,8 +133,8 @@ def _fmt(key: str, v) -> str:
 def metrics_table(rows: Sequence[dict], has_gt: bool = True, first_col: str = 'method',
                   extra_cols: Sequence[str] = ()) -> str:
     """Markdown table of summary rows (coverage shown in %)."""
-    keys = ['absrel', 'sqrel', 'rms', 'log_rms', 'mae', 'delta1', 'delta2', 'delta3', 'bumpiness',
-            'avg_unc', 'coverage'] if has_gt else list(NO_GT_KEYS)
+    keys = ['absrel', 'edge_absrel', 'boundary_f', 'sqrel', 'rms', 'log_rms', 'mae', 'delta1', 'delta2', 'delta3',
+            'bumpiness', 'avg_unc', 'coverage'] if has_gt else list(NO_GT_KEYS)
     head = [first_col, *extra_cols, 'backend', 'n'] + [_LABELS[k] + (' %' if k == 'coverage' else '')
                                                         for k in keys]
     head += ['p50 ms', 'p95 ms', 'dropped', 'rejected']
