@@ -153,10 +153,12 @@ def test_camera_shift_protocol_table(tmp_path, tiny_engines):
     rows = run_camera_shift(tmp_path / 'shift', [tiny_engines['ddfs'], tiny_engines['dfv']], backend='onnxruntime',
                             baseline=True, stacks=2, size=40, seed=1, grid_stacks=0)
     table = (tmp_path / 'shift' / 'camera_shift.md').read_text()
-    assert len(rows) == 3 * len(SETTINGS)
+    assert len(rows) == 4 * len(SETTINGS)      # two engines, the focus measure, the median oracle
     by = {(r['method'], r['setting']): r for r in rows}
     for s in SETTINGS:
         assert by[('tiny_ddfs', s)]['n'] == 2 and s in table
         assert by[('focus-measure (baseline)', s)]['n'] == 2
+        assert by[('median-oracle (baseline)', s)]['n'] == 2
+        assert by[('median-oracle (baseline)', s)]['beats_oracle_px'] == 0.0
     # the tiny DFV engine takes exactly 5 frames: every 3- and 2-frame setting is refused, stack by stack
     assert all(by[('tiny_dfv', s)]['n'] == 0 and by[('tiny_dfv', s)]['rejected'] == 2 for s in SETTINGS)

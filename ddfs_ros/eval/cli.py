@@ -3,7 +3,8 @@
 ::
 
     ddfs-eval replay BAG --engine engines/ddfs_s.json [--engine E2 ...] [--backend auto]
-                         [--baseline focus-measure] [--rate R] [--external] --report DIR [--json PATH]
+                         [--baseline focus-measure|median-oracle|none] [--rate R] [--external]
+                         --report DIR [--json PATH]
     ddfs-eval offline BAG --engine ... --report DIR [--json PATH]      # same scoring, no ROS
     ddfs-eval protocol camera-shift --engine ... --out DIR              # DDFS camera-setting shift
 
@@ -13,6 +14,9 @@ process, or ``--external`` for a node already running in the bag's namespace);
 Both write ``report.md``, ``summary.csv``, ``per_stack.csv`` and ``grid.png`` into
 ``--report`` and, with ``--json``, ``{"bag": ..., "rows": [{"method", "n", "absrel",
 "rms", "delta1", ..., "latency_ms_p50", "dropped"}]}`` for scripts to gate on.
+Without ``--baseline`` every table has both baselines as rows: the classical focus
+measure and the median oracle (a constant at each stack's median ground-truth depth);
+``--baseline none`` leaves them out.
 Exit status: 0, or 1 when no stack of the bag could be scored by any method.
 """
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .bags import open_bag_info
-from .offline import BASELINE_NAME, DEFAULT_HYPOTHESIS_MODE, parse_hypothesis_mode
+from .offline import BASELINES, DEFAULT_HYPOTHESIS_MODE, parse_baselines, parse_hypothesis_mode
 from .report import write_json, write_report
 
 LOG = logging.getLogger('ddfs-eval')
@@ -35,8 +39,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument('--engine', action='append', default=[], metavar='MANIFEST',
                    help='engine manifest (.json) or ONNX; repeat for one row per engine')
     p.add_argument('--backend', default='auto', choices=('auto', 'tensorrt', 'onnxruntime', 'torch'))
-    p.add_argument('--baseline', action='append', default=[], choices=('focus-measure',),
-                   help='add the classical focus-measure baseline as a row')
+    p.add_argument('--baseline', action='append', default=[], choices=(*BASELINES, 'none'),
+                   help='baseline rows (repeat; default: all of them, the classical focus measure and the '
+                        'median oracle; none: no baseline)')
     p.add_argument('--hypotheses', default=DEFAULT_HYPOTHESIS_MODE,
                    help="depth hypotheses: from_focus (the node's default), fixed, or DMIN,DMAX in metres")
     p.add_argument('--max-relative-uncertainty', type=float, default=None, metavar='R',
@@ -64,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument('name', choices=('camera-shift',))
     pr.add_argument('--engine', action='append', default=[], metavar='MANIFEST')
     pr.add_argument('--backend', default='auto', choices=('auto', 'tensorrt', 'onnxruntime', 'torch'))
-    pr.add_argument('--baseline', action='append', default=[], choices=('focus-measure',))
+    pr.add_argument('--baseline', action='append', default=[], choices=(*BASELINES, 'none'),
+                    help='baseline rows (default: all; none: no baseline)')
     pr.add_argument('--hypotheses', default='fixed',
                     help='depth hypotheses (default fixed: the protocol keeps the scene range of training)')
     pr.add_argument('--out', required=True, metavar='DIR', help='folder for the bags, reports and table')
@@ -84,14 +90,17 @@ def _print_rows(rows: Sequence[dict], has_gt: bool) -> None:
 
 
 def cmd_score(args) -> int:
-    if not args.engine and not args.baseline:
-        print('ddfs-eval: give at least one --engine or --baseline focus-measure', file=sys.stderr)
+    baselines = parse_baselines(args.baseline)
+    if not args.engine and not baselines:
+        print('ddfs-eval: give at least one --engine or a --baseline', file=sys.stderr)
         return 2
     try:
         info = open_bag_info(args.bag, args.namespace)
     except (FileNotFoundError, ValueError) as exc:
         print(f'ddfs-eval: {exc}', file=sys.stderr)
         return 2
+    if not info.has_depth_gt and not args.baseline:
+        baselines = [b for b in baselines if b != 'median-oracle']   # an oracle needs ground truth
     mode = parse_hypothesis_mode(args.hypotheses)
     notes = []
     if args.cmd == 'replay':
@@ -102,19 +111,20 @@ def cmd_score(args) -> int:
                              node_params={} if args.max_relative_uncertainty is None else
                              {'max_relative_uncertainty': float(args.max_relative_uncertainty)})
         runs, samples = replay_bag(args.bag, args.engine, opts)
-        if args.baseline:
-            # the baseline has no node: it runs in this process on the same stacks
-            b_runs, b_samples = evaluate_offline(args.bag, (), baseline=True, namespace=info.namespace,
+        if baselines:
+            # the baselines have no node: they run in this process on the same stacks
+            b_runs, b_samples = evaluate_offline(args.bag, (), baseline=baselines, namespace=info.namespace,
                                                  grid_stacks=args.grid_stacks)
             runs += b_runs
             samples.update(b_samples)
-            notes.append(f'{BASELINE_NAME}: computed in this process (no node), latency = its compute time.')
+            notes.append(f'{", ".join(BASELINES[b] for b in baselines)}: computed in this process (no node), '
+                         'latency = compute time.')
         mode_text = ('replay through an external node' if args.external else
                      'replay through the inference node (in-process, loopback DDS)') + \
             (f', paced at {args.rate:g} stacks/s' if args.rate else ', one stack at a time')
     else:
         from .offline import evaluate_offline
-        runs, samples = evaluate_offline(args.bag, args.engine, backend=args.backend, baseline=bool(args.baseline),
+        runs, samples = evaluate_offline(args.bag, args.engine, backend=args.backend, baseline=baselines,
                                          namespace=info.namespace, hypothesis_mode=mode,
                                          grid_stacks=args.grid_stacks, progress=sys.stderr.isatty(),
                                          max_relative_uncertainty=args.max_relative_uncertainty)
@@ -134,10 +144,11 @@ def cmd_score(args) -> int:
 
 def cmd_protocol(args) -> int:
     from .protocol import run_camera_shift
-    if not args.engine and not args.baseline:
-        print('ddfs-eval: give at least one --engine or --baseline focus-measure', file=sys.stderr)
+    baselines = parse_baselines(args.baseline)
+    if not args.engine and not baselines:
+        print('ddfs-eval: give at least one --engine or a --baseline', file=sys.stderr)
         return 2
-    rows = run_camera_shift(args.out, args.engine, backend=args.backend, baseline=bool(args.baseline),
+    rows = run_camera_shift(args.out, args.engine, backend=args.backend, baseline=baselines,
                             hypothesis_mode=parse_hypothesis_mode(args.hypotheses), stacks=args.stacks,
                             size=args.size, seed=args.seed, replay=args.replay,
                             max_relative_uncertainty=args.max_relative_uncertainty)

@@ -3,7 +3,10 @@
 The pipeline is the object the inference node wraps, built with the node's defaults
 (``hypothesis_mode='from_focus'``, reference 'farthest', ``max_relative_uncertainty``
 0.5), so ``ddfs-eval offline`` and ``ddfs-eval replay`` score the same depth maps.
-Also runs the classical focus-measure baseline (:func:`ddfs_ros.baselines.focus_measure_depth`).
+Also runs the baselines of every table (DESIGN.md section 8): the classical focus measure
+(:func:`ddfs_ros.baselines.focus_measure_depth`) and the median oracle (per stack, a
+constant at the median of the valid ground truth: a model that does not beat it has
+learned nothing about the scene's layout).
 """
 from __future__ import annotations
 
@@ -22,6 +25,9 @@ from .report import GRID_STACKS, MethodRun, StackResult
 LOG = logging.getLogger(__name__)
 
 BASELINE_NAME = 'focus-measure (baseline)'
+MEDIAN_ORACLE_NAME = 'median-oracle (baseline)'
+#: ``--baseline`` choices -> row labels, in table order; the default is all of them.
+BASELINES = {'focus-measure': BASELINE_NAME, 'median-oracle': MEDIAN_ORACLE_NAME}
 DEFAULT_HYPOTHESIS_MODE = 'from_focus'   # the node's default (config/inference.yaml)
 
 
@@ -82,9 +88,12 @@ def grid_sample(item: BagStack, res: StackResult, label: str) -> dict:
             'uncertainty': res.uncertainty, 'label': label}
 
 
-def run_method(items: Iterable[BagStack], method: str, predict: Callable[[FocalStack], tuple],
-               backend: str = '', grid_stacks: int = GRID_STACKS, progress: bool = False):
+def run_method(items: Iterable[BagStack], method: str, predict: Callable[..., tuple],
+               backend: str = '', grid_stacks: int = GRID_STACKS, progress: bool = False,
+               with_gt: bool = False):
     """Run ``predict(stack) -> (depth, uncertainty or None)`` over the stacks; returns (MethodRun, samples).
+
+    With ``with_gt`` the predictor is called as ``predict(stack, depth_gt)`` (an oracle).
 
     Invalid stacks are recorded as 'rejected' with their reason; a StackError raised by
     the predictor (e.g. an engine that needs another frame count) likewise; any other
@@ -102,7 +111,7 @@ def run_method(items: Iterable[BagStack], method: str, predict: Callable[[FocalS
             continue
         t0 = time.perf_counter()
         try:
-            depth, unc = predict(item.stack)
+            depth, unc = predict(item.stack, item.depth_gt) if with_gt else predict(item.stack)
         except StackError as exc:
             run.results.append(StackResult(index=i, stamp_ns=item.stamp_ns, status='rejected',
                                            reason=exc.reason, message=str(exc)))
@@ -133,6 +142,52 @@ def baseline_predict(stack: FocalStack) -> tuple:
     return np.asarray(depth, dtype=np.float32), None
 
 
+def median_oracle_predict(stack: FocalStack, depth_gt: Optional[np.ndarray]) -> tuple:
+    """The median oracle: H x W float32 filled with the median (m) of the finite, positive
+    ground truth of this stack (no uncertainty).  Raises StackError without ground truth."""
+    gt = None if depth_gt is None else np.asarray(depth_gt, dtype=np.float64)
+    if gt is not None:
+        with np.errstate(invalid='ignore'):
+            gt = gt[np.isfinite(gt) & (gt > 0)]
+    if gt is None or gt.size == 0:
+        raise StackError('oracle_needs_depth_gt', 'the median oracle needs focal_stack/depth_gt for this stamp')
+    return np.full((stack.height, stack.width), np.median(gt), dtype=np.float32), None
+
+
+def parse_baselines(baseline) -> list[str]:
+    """``--baseline`` values -> baseline keys of :data:`BASELINES` in table order.
+
+    ``True`` (or None/empty from a CLI that got no ``--baseline``) means all of them,
+    ``False`` or ``['none']`` none; otherwise the names given.
+    """
+    if baseline is True or baseline is None or (not isinstance(baseline, bool) and len(baseline) == 0):
+        return list(BASELINES)
+    if baseline is False or list(baseline) == ['none']:
+        return []
+    names = list(dict.fromkeys(baseline))
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise ValueError(f'unknown baseline(s) {unknown}; choose from {list(BASELINES)} or none')
+    return [n for n in BASELINES if n in names]
+
+
+def evaluate_baselines(stacks: Callable[[], Iterable[BagStack]], baselines: Sequence[str],
+                       grid_stacks: int = GRID_STACKS, progress: bool = False):
+    """Run the named baselines (keys of :data:`BASELINES`) in this process; returns (runs, samples)."""
+    runs, samples = [], {}
+    for key in baselines:
+        name = BASELINES[key]
+        if key == 'median-oracle':
+            run, smp = run_method(stacks(), name, median_oracle_predict, backend='numpy',
+                                  grid_stacks=grid_stacks, progress=progress, with_gt=True)
+        else:
+            run, smp = run_method(stacks(), name, baseline_predict, backend='numpy',
+                                  grid_stacks=grid_stacks, progress=progress)
+        runs.append(run)
+        samples[name] = smp
+    return runs, samples
+
+
 def pipeline_predict(pipeline) -> Callable[[FocalStack], tuple]:
     def predict(stack: FocalStack) -> tuple:
         r = pipeline.run(stack)
@@ -158,12 +213,13 @@ def bag_stacks(bag, namespace: Optional[str] = None) -> Callable[[], Iterable[Ba
     return lambda: read_bag(bag, info=info)
 
 
-def evaluate_offline(bag, engines: Sequence = (), backend: str = 'auto', baseline: bool = False,
+def evaluate_offline(bag, engines: Sequence = (), backend: str = 'auto', baseline=False,
                      namespace: Optional[str] = None, hypothesis_mode=DEFAULT_HYPOTHESIS_MODE,
                      device: Optional[str] = None, grid_stacks: int = GRID_STACKS, progress: bool = False,
                      max_relative_uncertainty: Optional[float] = None):
-    """Score every engine (and the baseline) on every stack of ``bag``.
+    """Score every engine (and the baselines) on every stack of ``bag``.
 
+    ``baseline``: False or [] = none, True = all of :data:`BASELINES`, or a list of their keys.
     Returns ``(runs, samples)``: a :class:`MethodRun` per method and the grid samples
     per method.  The bag is re-read per method, so memory holds one stack at a time.
     """
@@ -175,9 +231,9 @@ def evaluate_offline(bag, engines: Sequence = (), backend: str = 'auto', baselin
                               backend=pipe.engine.backend_name, grid_stacks=grid_stacks, progress=progress)
         runs.append(run)
         samples[name] = smp
-    if baseline:
-        run, smp = run_method(stacks(), BASELINE_NAME, baseline_predict, backend='numpy',
-                              grid_stacks=grid_stacks, progress=progress)
-        runs.append(run)
-        samples[BASELINE_NAME] = smp
+    keys = list(BASELINES) if baseline is True else parse_baselines(baseline) if baseline else []
+    if keys:
+        b_runs, b_samples = evaluate_baselines(stacks, keys, grid_stacks, progress)
+        runs += b_runs
+        samples.update(b_samples)
     return runs, samples

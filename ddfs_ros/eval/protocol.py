@@ -75,13 +75,15 @@ def make_setting_bag(path, setting: str, scene_list: list, size: int, seed: int,
     return Path(path)
 
 
-def run_camera_shift(out, engines: Sequence = (), backend: str = 'auto', baseline: bool = True,
+def run_camera_shift(out, engines: Sequence = (), backend: str = 'auto', baseline=True,
                      hypothesis_mode='fixed', stacks: int = 16, size: int = 128, seed: int = 7,
                      replay: bool = False, settings: Optional[Sequence[str]] = None,
                      grid_stacks: int = 2, max_relative_uncertainty: float = 0.0) -> list:
     """Render the setting bags (reused when present), score every method, write the table.
 
-    Returns the rows (one per method and setting, with a ``setting`` key).  ``grid_stacks``
+    Returns the rows (one per method and setting, with a ``setting`` key).  ``baseline``:
+    True = every baseline (focus measure and median oracle), False = none, or a list of
+    ``--baseline`` names.  ``grid_stacks``
     stacks per method and setting go into the image grids (0: no grids).
     ``max_relative_uncertainty`` is the node's uncertainty mask; the protocol's default
     0 scores every pixel, so that all methods are compared on the same pixels.
@@ -104,7 +106,7 @@ def run_camera_shift(out, engines: Sequence = (), backend: str = 'auto', baselin
                 backend=backend, hypothesis_mode=hypothesis_mode, grid_stacks=grid_stacks,
                 node_params={'max_relative_uncertainty': float(max_relative_uncertainty)}))
             if baseline:
-                b_runs, b_samples = evaluate_offline(bag, (), baseline=True, grid_stacks=grid_stacks)
+                b_runs, b_samples = evaluate_offline(bag, (), baseline=baseline, grid_stacks=grid_stacks)
                 runs += b_runs
                 samples.update(b_samples)
         else:

@@ -22,14 +22,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .metrics import METRIC_KEYS, NO_GT_KEYS, aggregate
+from .metrics import METRIC_KEYS, NO_GT_KEYS, SPARSIFICATION_PERCENTS, aggregate, ause
 
 #: How many stacks the grid shows.
 GRID_STACKS = 3
 
 _LABELS = {'absrel': 'AbsRel', 'sqrel': 'SqRel', 'mse': 'MSE', 'rms': 'RMS', 'log_rms': 'logRMS',
            'mae': 'MAE', 'delta1': 'δ1 %', 'delta2': 'δ2 %', 'delta3': 'δ3 %', 'bumpiness': 'Bump',
-           'avg_unc': 'avgUnc', 'coverage': 'Cover', 'edge_absrel': 'edge AbsRel', 'boundary_f': 'bound. F'}
+           'avg_unc': 'avgUnc', 'coverage': 'Cover', 'edge_absrel': 'edge AbsRel', 'boundary_f': 'bound. F',
+           'unc_cal': 'unc_cal', 'ause': 'AUSE', 'beats_oracle_px': 'beats oracle %'}
 
 
 @dataclass
@@ -121,12 +122,14 @@ def _fmt(key: str, v) -> str:
         return '–'
     if isinstance(v, (int, np.integer)):
         return str(int(v))
-    if key.startswith('delta') or key == 'coverage':
+    if key.startswith('delta') or key == 'coverage' or key == 'beats_oracle_px':
         return f'{v * 100:.1f}' if key == 'coverage' else f'{v:.1f}'
     if key.startswith('latency'):
         return f'{v:.1f}'
     if key == 'bumpiness':
         return f'{v:.2f}'
+    if key == 'unc_cal':
+        return f'{v:.3f}'
     return f'{v:.4f}'
 
 
@@ -134,7 +137,7 @@ def metrics_table(rows: Sequence[dict], has_gt: bool = True, first_col: str = 'm
                   extra_cols: Sequence[str] = ()) -> str:
     """Markdown table of summary rows (coverage shown in %)."""
     keys = ['absrel', 'edge_absrel', 'boundary_f', 'sqrel', 'rms', 'log_rms', 'mae', 'delta1', 'delta2', 'delta3',
-            'bumpiness', 'avg_unc', 'coverage'] if has_gt else list(NO_GT_KEYS)
+            'bumpiness', 'avg_unc', 'coverage', 'unc_cal', 'ause', 'beats_oracle_px'] if has_gt else list(NO_GT_KEYS)
     head = [first_col, *extra_cols, 'backend', 'n'] + [_LABELS[k] + (' %' if k == 'coverage' else '')
                                                         for k in keys]
     head += ['p50 ms', 'p95 ms', 'dropped', 'rejected']
@@ -243,6 +246,49 @@ def save_grid(path, samples: Sequence[dict], title: str = '') -> Optional[Path]:
     return path
 
 
+def sparsification_curves(runs: Sequence[MethodRun]) -> dict:
+    """method -> (curve, oracle): the mean sparsification curves (AbsRel at x = 10..100 % kept,
+    float64 arrays) over the stacks that have them; methods without uncertainty are left out."""
+    out = {}
+    for run in runs:
+        agg = aggregate([r.metrics for r in run.ok()])
+        curve = np.array([agg.get(f'spars_{x}', math.nan) for x in SPARSIFICATION_PERCENTS])
+        oracle = np.array([agg.get(f'spars_oracle_{x}', math.nan) for x in SPARSIFICATION_PERCENTS])
+        if np.isfinite(curve).all() and np.isfinite(oracle).all():
+            out[run.method] = (curve, oracle)
+    return out
+
+
+def save_sparsification(path, runs: Sequence[MethodRun], title: str = '') -> Optional[Path]:
+    """PNG of the sparsification curves (solid: ranked by predicted uncertainty / depth; dashed:
+    the oracle, ranked by the true error) of every method with an uncertainty; None if none has one."""
+    curves = sparsification_curves(runs)
+    if not curves:
+        return None
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    x = np.asarray(SPARSIFICATION_PERCENTS, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for k, (method, (curve, oracle)) in enumerate(curves.items()):
+        colour = f'C{k % 10}'
+        ax.plot(x, curve, '-o', color=colour, ms=3, label=f'{method} (AUSE {ause(curve, oracle):.4f})')
+        ax.plot(x, oracle, '--', color=colour, lw=1, label=f'{method}: oracle')
+    ax.set_xlabel('most confident pixels kept (%)')
+    ax.set_ylabel('AbsRel of the kept pixels')
+    ax.set_xlim(5, 105)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def machine_line() -> str:
     """Short description of this machine for report headers."""
     cpu = platform.processor() or platform.machine()
@@ -277,6 +323,8 @@ def write_report(out_dir, bag: str, runs: Sequence[MethodRun], samples: dict, ha
         grids.append(p)
         if len(grids) == 1:
             shutil.copyfile(p, out / 'grid.png')
+    spars_png = save_sparsification(out / 'sparsification.png', runs,
+                                    title=f'sparsification on {Path(bag).name}') if has_gt else None
 
     lines = [f'# Depth evaluation: {Path(bag).name}', '',
              f'- bag: `{bag}`',
@@ -290,8 +338,12 @@ def write_report(out_dir, bag: str, runs: Sequence[MethodRun], samples: dict, ha
               'Metrics per stack on valid pixels (ground truth finite and > 0, prediction finite and > 0), '
               'averaged over the stacks that produced a depth (n). δk: % of pixels with '
               'max(pred/gt, gt/pred) < 1.25^k. Bump: DFV bumpiness (x100). Cover: % of ground-truth pixels '
-              'with a prediction. Latency: stack in -> depth out. dropped: valid stacks without an output; '
-              'rejected: invalid stacks (listed below).', '']
+              'with a prediction. unc_cal: fraction of scored pixels with |error| <= predicted uncertainty. '
+              'AUSE: area between the sparsification curve (AbsRel of the x % of pixels with the lowest '
+              'uncertainty / depth, x = 10..100) and its oracle (pixels ranked by true error). beats oracle: % '
+              'of ground-truth pixels whose |error| is below that of a constant at the median ground truth '
+              '(pixels without a depth do not count). Latency: stack in -> depth out. dropped: valid stacks '
+              'without an output; rejected: invalid stacks (listed below).', '']
     bad = [(run.method, r) for run in runs for r in run.results if r.status in ('rejected', 'error', 'dropped')]
     if bad:
         lines += ['## Stacks without a depth', '', '| method | # | stamp (ns) | status | reason | detail |',
@@ -310,5 +362,8 @@ def write_report(out_dir, bag: str, runs: Sequence[MethodRun], samples: dict, ha
         lines.append('- `grid.png`' + ''.join(f', `{p.name}`' for p in grids)
                      + ': first frame, ground truth, prediction, error, uncertainty')
         lines += ['', '![grid](grid.png)']
+    if spars_png is not None:
+        lines += ['', '- `sparsification.png`: sparsification curves and their oracles', '',
+                  '![sparsification](sparsification.png)']
     (out / 'report.md').write_text('\n'.join(lines) + '\n')
     return rows
