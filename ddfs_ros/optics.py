@@ -127,3 +127,31 @@ def scale_hypotheses_to_focus(train_depths: np.ndarray, train_focus_range: Seque
     f = np.asarray(focus_m, dtype=np.float64)
     k = math.sqrt(float(f.min()) * float(f.max())) / math.sqrt(lo * hi)
     return np.asarray(train_depths, dtype=np.float64) * k
+
+
+#: Half-width of the ``focus_span`` hypothesis range, as a multiple of the dioptric span
+#: of the focus distances (0.75: the focus range widened by a quarter of it on each side).
+FOCUS_SPAN_MARGIN = 0.75
+#: Least half-width, as a fraction of the centre's dioptres: keeps the range open for a
+#: stack that varies only the aperture (one focus distance) or barely the focus.
+FOCUS_SPAN_MIN_RELATIVE = 0.6
+
+
+def hypotheses_from_focus_span(focus_m, count: int, margin: float = FOCUS_SPAN_MARGIN,
+                               min_relative: float = FOCUS_SPAN_MIN_RELATIVE) -> np.ndarray:
+    """``focus_span`` hypotheses: D depths (m, ascending) uniform in dioptres around the focus range.
+
+    With ``u`` = 1 / focus distance, centre ``u_c`` and span ``u_near - u_far``, the
+    hypotheses cover ``u_c +- h`` with ``h = max(margin * span, min_relative * u_c)``
+    (never below 5 % of ``u_c``).  The range depends only on the focus schedule, so a
+    network trained on it works at any metric scale (the scale identity of DESIGN.md
+    section 3), and its dioptric spacing is where the thin-lens blur is linear.
+    """
+    u = 1.0 / np.asarray(focus_m, dtype=np.float64).ravel()
+    if u.size == 0 or not np.all(np.isfinite(u)) or np.any(u <= 0):
+        raise ValueError(f'focus distances must be finite and > 0, got {focus_m}')
+    u_c = 0.5 * (u.max() + u.min())
+    h = max(margin * (u.max() - u.min()), min_relative * u_c)
+    u_lo = max(u_c - h, 0.05 * u_c)
+    u_hi = u_c + h
+    return 1.0 / np.linspace(u_hi, u_lo, int(count))

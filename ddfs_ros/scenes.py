@@ -21,7 +21,7 @@ import csv
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -288,7 +288,8 @@ def paint_nearest(rgb: np.ndarray, depth: np.ndarray, texture: np.ndarray, obj_d
 
 
 def procedural_scene(rng, size: int = 128, depth_range: tuple[float, float] = (0.3, 3.0),
-                     n_planes: Optional[int] = None, n_shapes: Optional[int] = None) -> Scene:
+                     n_planes: Optional[int] = None, n_shapes: Optional[int] = None,
+                     texture: Optional[Callable[[np.random.Generator, int], np.ndarray]] = None) -> Scene:
     """A random textured scene: a slanted background plane, slanted planes, shapes in front.
 
     Args:
@@ -297,6 +298,9 @@ def procedural_scene(rng, size: int = 128, depth_range: tuple[float, float] = (0
         depth_range: (near, far) metres; every depth lies inside it.
         n_planes: textured slanted planes over part of the image (default 1-3).
         n_shapes: textured shapes (ellipses, rectangles, polygons) (default 2-6).
+        texture: ``texture(rng, size) -> size x size x 3`` float in [0, 1] for every
+            surface (default :func:`random_texture`, the scikit-image pictures; training
+            passes photographs of its own split).
 
     Depth is z-buffered (each pixel shows the nearest surface) and objects are placed
     uniformly in inverse depth, so near objects, where defocus changes fastest, are
@@ -315,7 +319,8 @@ def procedural_scene(rng, size: int = 128, depth_range: tuple[float, float] = (0
     # Background: a plane in the far part of the range.
     bg_depth = random_depth(near + 0.6 * (far - near), far)
     depth = np.clip(_plane_depth(rng, grid, bg_depth, 0.4), near, far)
-    rgb = random_texture(rng, size)
+    texture = texture or random_texture
+    rgb = texture(rng, size)
     n_planes = int(rng.integers(1, 4)) if n_planes is None else int(n_planes)
     n_shapes = int(rng.integers(2, 7)) if n_shapes is None else int(n_shapes)
     objects = [('plane', None)] * n_planes + [('shape', k) for k in
@@ -328,7 +333,7 @@ def procedural_scene(rng, size: int = 128, depth_range: tuple[float, float] = (0
         else:
             mask = _shape_mask(rng, grid, str(shape))
             obj_depth = _plane_depth(rng, grid, random_depth(near, far), 0.15)
-        paint_nearest(rgb, depth, random_texture(rng, size), np.clip(obj_depth, near, far), mask)
+        paint_nearest(rgb, depth, texture(rng, size), np.clip(obj_depth, near, far), mask)
     return Scene(rgb=rgb, depth_m=depth.astype(np.float32), name=f'procedural_{size}',
                  meta={'depth_range': (near, far), 'n_planes': n_planes, 'n_shapes': n_shapes})
 

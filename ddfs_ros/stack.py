@@ -18,6 +18,22 @@ import numpy as np
 from .optics import LensModel
 
 
+def reference_index(focus_m, f_numbers, which: str = 'farthest') -> int:
+    """Index of the reference frame; one rule for training and for the node.
+
+    'farthest' (default) or 'nearest' focus distance; frames that tie on the focus
+    distance (an aperture pair) are broken by the largest f-number, the frame with
+    the deepest depth of field.  Any other string is an explicit index.
+    """
+    focus = np.asarray(focus_m, dtype=np.float64).ravel()
+    n = np.broadcast_to(np.asarray(f_numbers, dtype=np.float64), focus.shape)
+    if which in ('farthest', 'nearest'):
+        key = focus if which == 'farthest' else -focus
+        # lexsort: last key is primary
+        return int(np.lexsort((n, key))[-1])
+    return int(which)
+
+
 class StackError(ValueError):
     """A focal stack that cannot be turned into depth; ``reason`` is a short counter key."""
 
@@ -130,11 +146,7 @@ class FocalStack:
 
     def reference_index(self, which: str = 'farthest') -> int:
         """Index of the reference frame: 'farthest' (default), 'nearest' or an integer string."""
-        if which == 'farthest':
-            return int(np.argmax(self.focus_m))
-        if which == 'nearest':
-            return int(np.argmin(self.focus_m))
-        return int(which)
+        return reference_index(self.focus_m, self.per_frame_f_numbers(), which)
 
     def reference_frame(self, which: str = 'farthest') -> np.ndarray:
         """H x W x C reference image for the network."""

@@ -1,0 +1,413 @@
+"""Training data for the focus networks: rendered focal stacks with honest splits.
+
+Every sample is a pure function of ``(config, split, seed, index)``:
+
+1. **Scene** (all-in-focus RGB + metric depth, ``size`` x ``size``):
+   - ``procedural`` (70 %): :func:`ddfs_ros.scenes.procedural_scene` textured with the
+     natural photographs of ``../shared/data/textures`` of this split only
+     (:mod:`ddfs_ros.data_splits`: 80 / 10 / 10 % by a hash of the file name);
+   - ``rgbd_7scenes`` (15 %): real indoor geometry and colour, frames of this split;
+   - ``real_dfd`` (15 %): the f/8 image and depth of a ``real_dfd_indoor_train`` scene
+     of this split.
+   Real images are cropped (a random square, 50-100 % of the short side), resized,
+   flipped.  The Middlebury motorcycle is never used (it is the demo and a test bag).
+2. **Camera**: F frames (a range for the camera-invariant cost-volume family, a fixed
+   F for DFV), a focus schedule over the scene's 5th-95th depth percentiles (uniform
+   in dioptres, uniform in depth, or random; for the cost-volume family sometimes in
+   random order and sometimes an aperture pair: one focus distance, two f-numbers),
+   f-number and focal length, and the pixel pitch that makes the largest blur over the
+   scene ``max_blur_px`` (log-uniform).  The cost volume models every blur drawn
+   (``max_coc_px`` above the largest ``max_blur_px``).
+3. **Sensor**: Poisson-Gaussian noise (most samples) and 8-bit quantisation, by
+   :func:`ddfs_ros.render.render_focal_stack`, the simulated camera's renderer.
+4. **Network inputs**, with the node's own code: the DDFS cost volume
+   (:class:`ddfs_ros.cost_volume.CostVolume`) on the full frame, over the
+   ``focus_span`` hypotheses (:func:`ddfs_ros.optics.hypotheses_from_focus_span`); the
+   focus volume (:mod:`ddfs_ros.focus_volume`) on the training crop; the reference
+   frame by :func:`ddfs_ros.stack.reference_index` (farthest focus, ties to the largest
+   f-number) -- the rule the node uses.
+
+Rendering + cost volume take ~0.1-0.2 s per sample on one core, so samples are written
+in shards (``.cache/focus_data/<name>/<split>/shard_NNNN.npz``) by ``python -m
+training.stack_data``, and :class:`ShardDataset` reads whatever shards exist: training
+can start on the first shards while more are rendered.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ddfs_ros import data_splits
+from ddfs_ros.cost_volume import CostVolume
+from ddfs_ros.focus_volume import focus_volume
+from ddfs_ros.optics import LensModel, coc_m, hypotheses_from_focus_span
+from ddfs_ros.stack import reference_index
+
+SPLIT_IDS = {'train': 0, 'val': 1, 'test': 2}
+SHARD_SIZE = 250
+
+
+@dataclass
+class StackDataConfig:
+    """How samples are drawn.  Lengths in metres, blur in pixels at ``size``."""
+
+    family: str = 'ddfs'                 # 'ddfs' (cost volume, any F) or 'dfv' (fixed F, sorted stack)
+    size: int = 96
+    frames: Any = (2, 8)                 # (min, max) F, or an int
+    num_hypotheses: int = 32
+    sources: dict = field(default_factory=lambda: {'procedural': 0.7, 'rgbd_7scenes': 0.15, 'real_dfd': 0.15})
+    scene_near: tuple = (0.3, 2.0)       # nearest depth of procedural scenes (m)
+    scene_ratio: tuple = (1.5, 6.0)      # far / near of procedural scenes
+    max_blur_px: tuple = (1.5, 12.0)     # largest blur diameter over the scene (px, log-uniform)
+    f_number: tuple = (1.4, 8.0)
+    focal_length_mm: tuple = (4.0, 50.0)
+    schedules: dict = field(default_factory=lambda: {'dioptre': 0.4, 'depth': 0.2, 'random': 0.4})
+    unsorted_prob: float = 0.2           # cost-volume family only
+    aperture_pair_prob: float = 0.07     # cost-volume family only
+    noise_prob: float = 0.85
+    full_well: tuple = (300.0, 20000.0)  # photo-electrons at full scale (log-uniform)
+    read_noise: tuple = (0.5, 5.0)       # electrons rms
+    max_coc_px: float = 24.0             # cost-volume clamp, above every drawn blur
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'StackDataConfig':
+        known = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    @property
+    def max_frames(self) -> int:
+        return int(self.frames) if np.isscalar(self.frames) else int(self.frames[1])
+
+
+# ------------------------------------------------------------------------------- scenes
+@lru_cache(maxsize=3)
+def _texture_images(split: str) -> tuple:
+    import cv2
+    out = []
+    for p in data_splits.texture_paths(split):
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is not None:
+            out.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    return tuple(out)
+
+
+def photo_texture(split: str):
+    """``texture(rng, size)`` drawing random crops of this split's photographs."""
+    import cv2
+    images = _texture_images(split)
+    if not images:
+        raise FileNotFoundError('no texture photographs found under ../shared/data/textures')
+
+    def texture(rng: np.random.Generator, size: int) -> np.ndarray:
+        src = images[int(rng.integers(len(images)))]
+        h, w = src.shape[:2]
+        crop = int(rng.uniform(0.3, 1.0) * min(h, w))
+        y0 = int(rng.integers(0, h - crop + 1))
+        x0 = int(rng.integers(0, w - crop + 1))
+        patch = np.rot90(src[y0:y0 + crop, x0:x0 + crop], int(rng.integers(4)))
+        patch = cv2.resize(np.ascontiguousarray(patch), (size, size),
+                           interpolation=cv2.INTER_AREA if crop >= size else cv2.INTER_LINEAR)
+        return patch.astype(np.float32) / 255.0
+
+    return texture
+
+
+@lru_cache(maxsize=3)
+def _real_scenes(source: str, split: str) -> tuple:
+    """(rgb float32, depth metres) of the real RGB-D scenes of one split."""
+    from ddfs_ros.scenes import load_rgbd, real_dfd_scenes
+    out = []
+    if source == 'real_dfd':
+        root = data_splits.SHARED_DATA / 'real_dfd_indoor_train'
+        if root.is_dir():
+            for i, sc in enumerate(real_dfd_scenes(root)):
+                if data_splits.real_dfd_split(i) == split:
+                    out.append((sc.rgb, sc.depth_m))
+    elif source == 'rgbd_7scenes':
+        root = data_splits.SHARED_DATA / 'rgbd_7scenes'
+        for f in data_splits.rgbd_7scenes_frames(split, root):
+            sc = load_rgbd(root / f'frame-{f:06d}.color.jpg', root / f'frame-{f:06d}.depth.png', fill_holes=True)
+            out.append((sc.rgb, sc.depth_m))
+    else:
+        raise ValueError(source)
+    return tuple(out)
+
+
+def _crop_resize(rgb: np.ndarray, depth: np.ndarray, size: int, rng: np.random.Generator):
+    import cv2
+    H, W = depth.shape
+    short = min(H, W)
+    c = max(int(rng.uniform(0.5, 1.0) * short), min(size, short))
+    y = int(rng.integers(0, H - c + 1))
+    x = int(rng.integers(0, W - c + 1))
+    rgb = cv2.resize(np.ascontiguousarray(rgb[y:y + c, x:x + c]), (size, size), interpolation=cv2.INTER_AREA)
+    depth = cv2.resize(np.ascontiguousarray(depth[y:y + c, x:x + c]), (size, size), interpolation=cv2.INTER_NEAREST)
+    return rgb.astype(np.float32), depth.astype(np.float32)
+
+
+def draw_scene(cfg: StackDataConfig, split: str, rng: np.random.Generator):
+    """(rgb size x size x 3 in [0, 1], depth size x size metres, source name)."""
+    from ddfs_ros.scenes import procedural_scene
+    sources = {k: w for k, w in cfg.sources.items() if w > 0}
+    for s in ('real_dfd', 'rgbd_7scenes'):
+        if s in sources and not _real_scenes(s, split):
+            sources.pop(s)
+    names = sorted(sources)
+    p = np.array([sources[n] for n in names], dtype=np.float64)
+    src = names[int(rng.choice(len(names), p=p / p.sum()))]
+    if src == 'procedural':
+        near = float(rng.uniform(*cfg.scene_near))
+        far = near * float(rng.uniform(*cfg.scene_ratio))
+        sc = procedural_scene(rng, cfg.size, (near, far), texture=photo_texture(split))
+        rgb, depth = np.asarray(sc.rgb, np.float32), np.asarray(sc.depth_m, np.float32)
+    else:
+        scenes = _real_scenes(src, split)
+        rgb, depth = scenes[int(rng.integers(len(scenes)))]
+        rgb, depth = _crop_resize(rgb, depth, cfg.size, rng)
+        depth = np.clip(np.nan_to_num(depth, nan=float(np.nanmedian(depth))), 0.1, None)
+    if rng.random() < 0.5:
+        rgb, depth = rgb[:, ::-1], depth[:, ::-1]
+    return np.ascontiguousarray(np.clip(rgb, 0, 1)), np.ascontiguousarray(depth), src
+
+
+# ------------------------------------------------------------------------------ cameras
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+
+
+def draw_camera(cfg: StackDataConfig, depth: np.ndarray, rng: np.random.Generator) -> dict:
+    """Focus distances (frame order), per-frame f-numbers, lens and schedule name."""
+    F = int(cfg.frames) if np.isscalar(cfg.frames) else int(rng.integers(cfg.frames[0], cfg.frames[1] + 1))
+    lo, hi = np.percentile(depth, [5, 95])
+    near = float(lo) * rng.uniform(0.8, 1.1)
+    far = max(float(hi) * rng.uniform(0.9, 1.3), near * 1.15)
+    kinds = sorted(cfg.schedules)
+    w = np.array([cfg.schedules[k] for k in kinds], dtype=np.float64)
+    kind = kinds[int(rng.choice(len(kinds), p=w / w.sum()))]
+    if kind == 'depth':
+        focus = np.linspace(near, far, F)
+    elif kind == 'dioptre':
+        focus = 1.0 / np.linspace(1.0 / near, 1.0 / far, F)
+    else:
+        u = np.sort(rng.uniform(1.0 / far, 1.0 / near, F))[::-1]
+        u[0], u[-1] = 1.0 / near, 1.0 / far
+        # distinct focus distances: two equal ones (same f-number) make a stack invalid
+        focus = 1.0 / (u + 1e-4 * (1.0 / near) * np.arange(F)[::-1])
+    N = _log_uniform(rng, *cfg.f_number)
+    fl = min(_log_uniform(rng, *cfg.focal_length_mm) * 1e-3, 0.5 * near)
+    f_numbers = np.full(F, N)
+    family_cv = cfg.family != 'dfv'
+    if family_cv and rng.random() < cfg.aperture_pair_prob:
+        F, kind = 2, 'aperture_pair'
+        focus = np.full(2, math.sqrt(near * far))
+        f_numbers = np.array([N, min(N * rng.uniform(2.0, 4.0), 22.0)])
+        if rng.random() < 0.5:
+            f_numbers = f_numbers[::-1].copy()
+    target = _log_uniform(rng, *cfg.max_blur_px)
+    d = np.percentile(depth, [0.5, 50, 99.5])
+    cmax = float(np.max(coc_m(d[:, None], focus[None, :], fl, f_numbers[None, :])))
+    pitch = max(cmax / target, 1e-8)
+    if family_cv and kind != 'aperture_pair' and rng.random() < cfg.unsorted_prob:
+        order = rng.permutation(F)
+        focus, f_numbers, kind = focus[order], f_numbers[order], kind + '_unsorted'
+    return {'focus_m': np.asarray(focus, np.float64), 'f_numbers': np.asarray(f_numbers, np.float64),
+            'lens': LensModel(fl, float(N), pitch), 'schedule': kind, 'max_blur_px': target}
+
+
+# ------------------------------------------------------------------------------ samples
+_CV: dict = {}
+
+
+def _cost_volume(max_coc_px: float) -> CostVolume:
+    if max_coc_px not in _CV:
+        _CV[max_coc_px] = CostVolume('cpu', max_coc_px=max_coc_px)
+    return _CV[max_coc_px]
+
+
+def make_sample(cfg: StackDataConfig, split: str, seed: int, index: int) -> dict:
+    """One rendered sample (numpy).
+
+    Keys: ``frames`` F x 3 x S x S uint8 (frame order; DFV: sorted near to far),
+    ``focus`` F (m), ``f_numbers`` F, ``lens`` [f (m), pitch (m/px)], ``gt`` S x S (m),
+    ``ref`` reference index; cost-volume family also ``cost`` D x S x S float16 and
+    ``depths`` D (m).
+    """
+    from ddfs_ros.render import SensorNoise, render_focal_stack
+
+    rng = np.random.default_rng([int(seed), SPLIT_IDS[split], int(index)])
+    rgb, depth, src = draw_scene(cfg, split, rng)
+    cam = draw_camera(cfg, depth, rng)
+    focus, fnums, lens = cam['focus_m'], cam['f_numbers'], cam['lens']
+    noise = None
+    if rng.random() < cfg.noise_prob:
+        noise = SensorNoise(full_well=_log_uniform(rng, *cfg.full_well), read_noise=float(rng.uniform(*cfg.read_noise)))
+    frames = render_focal_stack(rgb, depth, focus, lens, f_numbers=fnums, noise=noise, quantize_bits=8, rng=rng)
+    chw = np.ascontiguousarray(np.moveaxis(np.asarray(frames, np.float32), -1, 1))     # F x 3 x S x S
+    if cfg.family == 'dfv':
+        order = np.argsort(focus, kind='stable')
+        chw, focus, fnums = chw[order], focus[order], fnums[order]
+    out = {'frames': np.round(chw * 255.0).astype(np.uint8), 'focus': focus.astype(np.float32),
+           'f_numbers': fnums.astype(np.float32),
+           'lens': np.array([lens.focal_length_m, lens.pixel_pitch_m], np.float64),
+           'gt': depth.astype(np.float32), 'ref': reference_index(focus, fnums, 'farthest'),
+           'meta': {'source': src, 'schedule': cam['schedule'], 'F': int(len(focus)),
+                    'max_blur_px': cam['max_blur_px']}}
+    if cfg.family != 'dfv':
+        hyps = hypotheses_from_focus_span(focus, cfg.num_hypotheses)
+        cost = _cost_volume(cfg.max_coc_px)(chw, focus, fnums, lens.focal_length_m, lens.pixel_pitch_m, hyps)
+        out['cost'] = cost.numpy().astype(np.float16)
+        out['depths'] = hyps.astype(np.float32)
+    return out
+
+
+def write_shard(cfg: StackDataConfig, split: str, seed: int, shard: int, folder: Path,
+                shard_size: int = SHARD_SIZE) -> Path:
+    """Render samples ``[shard * shard_size, (shard + 1) * shard_size)`` into one npz."""
+    import json
+    folder = Path(folder) / split
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f'shard_{shard:04d}.npz'
+    if path.exists():
+        return path
+    torch.set_num_threads(1)
+    Fm = cfg.max_frames
+    samples = [make_sample(cfg, split, seed, shard * shard_size + i) for i in range(shard_size)]
+    S = cfg.size
+    frames = np.zeros((shard_size, Fm, 3, S, S), np.uint8)
+    focus = np.zeros((shard_size, Fm), np.float32)
+    fnums = np.zeros((shard_size, Fm), np.float32)
+    for i, s in enumerate(samples):
+        F = len(s['focus'])
+        frames[i, :F], focus[i, :F], fnums[i, :F] = s['frames'], s['focus'], s['f_numbers']
+    arrays = {'frames': frames, 'focus': focus, 'f_numbers': fnums,
+              'nframes': np.array([len(s['focus']) for s in samples], np.int16),
+              'lens': np.stack([s['lens'] for s in samples]), 'gt': np.stack([s['gt'] for s in samples]),
+              'ref': np.array([s['ref'] for s in samples], np.int16)}
+    if cfg.family != 'dfv':
+        arrays['cost'] = np.stack([s['cost'] for s in samples])
+        arrays['depths'] = np.stack([s['depths'] for s in samples])
+    tmp = folder / f'shard_{shard:04d}.tmp.npz'
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    (folder / f'shard_{shard:04d}_meta.json').write_text(json.dumps(
+        {'config': asdict(cfg), 'seed': seed, 'split': split, 'samples': [s['meta'] for s in samples]}))
+    return path
+
+
+# ------------------------------------------------------------------------------ dataset
+class ShardDataset(Dataset):
+    """The rendered shards of one split, as network inputs.
+
+    Training (``crop`` set): a random ``crop`` x ``crop`` window, random flips and
+    transposition (the optics are isotropic); every network here is fully
+    convolutional.  The focus volume is computed on the window.
+
+    Items: cost-volume family ``image`` 3 x h x w, ``cost_volume`` D x h x w,
+    ``focus_volume`` D x h x w, ``depths`` D; DFV ``stack`` F x 3 x h x w, ``focus`` F;
+    both ``gt`` h x w (m).
+    """
+
+    def __init__(self, folder: Path | str, split: str, family: str, crop: Optional[int] = None,
+                 seed: int = 0, max_shards: Optional[int] = None) -> None:
+        self.family, self.crop = family, crop
+        self.rng = np.random.default_rng(seed)
+        paths = sorted((Path(folder) / split).glob('shard_[0-9][0-9][0-9][0-9].npz'))[:max_shards]
+        if not paths:
+            raise FileNotFoundError(f'no shards in {Path(folder) / split}')
+        parts: dict = {}
+        for p in paths:
+            with np.load(p) as z:
+                for k in z.files:
+                    parts.setdefault(k, []).append(z[k])
+        self.arrays = {k: np.concatenate(v) for k, v in parts.items()}
+        self.num_shards = len(paths)
+
+    def __len__(self) -> int:
+        return int(self.arrays['gt'].shape[0])
+
+    def __getitem__(self, i: int) -> dict:
+        a = self.arrays
+        F = int(a['nframes'][i])
+        frames = a['frames'][i, :F]
+        gt = a['gt'][i]
+        cost = a['cost'][i] if 'cost' in a else None
+        if self.crop:
+            S = gt.shape[-1]
+            y, x = (int(v) for v in self.rng.integers(0, S - self.crop + 1, 2))
+            win = (slice(y, y + self.crop), slice(x, x + self.crop))
+            frames, gt = frames[..., win[0], win[1]], gt[win]
+            cost = cost[..., win[0], win[1]] if cost is not None else None
+            flips = self.rng.random(3) < 0.5
+            if flips[0]:
+                frames, gt = frames[..., ::-1], gt[..., ::-1]
+                cost = cost[..., ::-1] if cost is not None else None
+            if flips[1]:
+                frames, gt = frames[..., ::-1, :], gt[..., ::-1, :]
+                cost = cost[..., ::-1, :] if cost is not None else None
+            if flips[2]:
+                frames, gt = frames.swapaxes(-1, -2), gt.swapaxes(-1, -2)
+                cost = cost.swapaxes(-1, -2) if cost is not None else None
+        frames = np.ascontiguousarray(frames, dtype=np.float32) / 255.0
+        out = {'gt': torch.from_numpy(np.ascontiguousarray(gt, dtype=np.float32))}
+        focus = a['focus'][i, :F].astype(np.float64)
+        if self.family == 'dfv':
+            out['stack'] = torch.from_numpy(frames)
+            out['focus'] = torch.from_numpy(focus.astype(np.float32))
+            return out
+        fnums = a['f_numbers'][i, :F].astype(np.float64)
+        f, pitch = (float(v) for v in a['lens'][i])
+        depths = a['depths'][i].astype(np.float64)
+        out['image'] = torch.from_numpy(frames[int(a['ref'][i])])
+        out['cost_volume'] = torch.from_numpy(np.ascontiguousarray(cost, dtype=np.float32))
+        out['focus_volume'] = focus_volume(frames, focus, fnums, f, pitch, depths)
+        out['depths'] = torch.from_numpy(depths.astype(np.float32))
+        return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    import yaml
+    from tqdm import tqdm
+
+    ap = argparse.ArgumentParser(description='Render training shards of focal stacks (see module docstring).')
+    ap.add_argument('--config', required=True, help='training YAML (its data: section)')
+    ap.add_argument('--split', default='train', choices=sorted(SPLIT_IDS))
+    ap.add_argument('--shards', default='0:4', help='shard range a:b')
+    ap.add_argument('--workers', type=int, default=1)
+    a = ap.parse_args(argv)
+    conf = yaml.safe_load(Path(a.config).read_text())
+    d = dict(conf['data'])
+    cfg = StackDataConfig.from_dict(d)
+    folder = Path(d['cache'])
+    lo, hi = (int(x) for x in a.shards.split(':'))
+    seed = int(d.get('seed', 0))
+    jobs = list(range(lo, hi))
+    # load the scenes once, before the workers fork
+    for s in ('real_dfd', 'rgbd_7scenes'):
+        _real_scenes(s, a.split)
+    _texture_images(a.split)
+    if a.workers > 1:
+        import multiprocessing as mp
+        with mp.get_context('fork').Pool(a.workers) as pool:
+            for p in tqdm(pool.imap_unordered(_shard_job, [(cfg, a.split, seed, k, folder) for k in jobs]),
+                          total=len(jobs), desc=f'{folder.name}/{a.split}'):
+                print(p, flush=True)
+    else:
+        for k in tqdm(jobs, desc=f'{folder.name}/{a.split}'):
+            print(write_shard(cfg, a.split, seed, k, folder), flush=True)
+
+
+def _shard_job(args) -> Path:
+    return write_shard(*args)
+
+
+if __name__ == '__main__':
+    main()

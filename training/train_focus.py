@@ -1,0 +1,218 @@
+"""Train a focus network (``training/models/focusnets.py``) on rendered shards; resumable.
+
+    python -m training.train_focus --config training/configs/ddfs_s.yaml
+
+The run lives in ``checkpoints/<name>/`` (git-ignored): ``last.pt`` (weights, optimiser,
+samples seen; rewritten at every validation), ``best.pt`` (weights of the best
+validation AbsRel), ``curve.csv`` (samples seen, validation AbsRel / delta1, training
+loss, wall time) and ``log.txt``.  ``training/weights/<name>.pt`` -- weights and samples
+seen only, small -- is what gets committed so that a later session resumes with
+``--resume`` even without ``checkpoints/`` (a fresh optimiser then).
+
+Loss: relative L1, ``|d_hat - g| / g`` with the ground truth clamped into the range
+the network can output (the hypotheses for the cost-volume family, the focus range for
+DFV), over valid pixels: scene scale does not weigh in, near errors count like far ones.
+Learning rate: AdamW, linear warm-up then cosine from ``lr`` to 5 % of it over
+``samples_target`` samples (then flat), so that a run split over sessions follows one
+schedule.  Validation: the whole validation split at full size, every ``val_every``
+samples, with the classical focus measure scored once on the same stacks as the bar
+to beat.  Checkpoints are chosen on validation only.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from .models.focusnets import CostFocusUNet, FocusStackNet
+from .stack_data import ShardDataset
+
+
+def build(family: str, model_kwargs: dict) -> torch.nn.Module:
+    if family == 'ddfs':
+        return CostFocusUNet(**model_kwargs)
+    if family == 'dfv':
+        return FocusStackNet(**model_kwargs)
+    raise ValueError(f'unknown family {family!r}')
+
+
+def forward(model: torch.nn.Module, family: str, batch: dict):
+    if family == 'dfv':
+        return model(batch['stack'], batch['focus'])
+    return model(batch['image'], batch['cost_volume'], batch['depths'], batch['focus_volume'])
+
+
+def output_range(family: str, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """B x 1 x 1 x 1 lowest and highest depth the network can output (m)."""
+    v = batch['focus'] if family == 'dfv' else batch['depths']
+    return v.amin(dim=1).view(-1, 1, 1, 1), v.amax(dim=1).view(-1, 1, 1, 1)
+
+
+def relative_l1(depth: torch.Tensor, gt: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Mean of |depth - clamp(gt)| / clamp(gt) over valid pixels (B x 1 x H x W, m)."""
+    g = gt[:, None] if gt.dim() == 3 else gt
+    valid = torch.isfinite(g) & (g > 0)
+    gc = torch.minimum(torch.maximum(torch.where(valid, g, lo), lo), hi)
+    err = (depth - gc).abs() / gc
+    return err[valid].mean()
+
+
+def lr_at(samples: int, base: float, target: int, warmup: int) -> float:
+    if samples < warmup:
+        return base * (0.1 + 0.9 * samples / warmup)
+    t = min(1.0, (samples - warmup) / max(1, target - warmup))
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, family: str, data: ShardDataset, batch: int = 8) -> dict:
+    """AbsRel and delta1 (%) of the full-size validation stacks (per image, then averaged)."""
+    model.eval()
+    absrel, d1 = [], []
+    for s in range(0, len(data), batch):
+        items = [data[i] for i in range(s, min(len(data), s + batch))]
+        b = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+        depth, _ = forward(model, family, b)
+        for i in range(depth.shape[0]):
+            d, g = depth[i, 0], b['gt'][i]
+            v = torch.isfinite(g) & (g > 0)
+            absrel.append(float(((d[v] - g[v]).abs() / g[v]).mean()))
+            r = torch.maximum(d[v] / g[v], g[v] / d[v])
+            d1.append(float((r < 1.25).float().mean() * 100))
+    model.train()
+    return {'abs_rel': float(np.mean(absrel)), 'delta1': float(np.mean(d1)), 'count': len(absrel)}
+
+
+def focus_measure_on(data: ShardDataset) -> dict:
+    """The classical baseline on the same validation stacks: AbsRel and delta1 (%)."""
+    from ddfs_ros.baselines import focus_measure_depth
+    absrel, d1 = [], []
+    a = data.arrays
+    for i in range(len(data)):
+        F = int(a['nframes'][i])
+        focus = a['focus'][i, :F].astype(np.float64)
+        if np.unique(focus).size < F:      # aperture pairs: nothing to peak over
+            continue
+        frames = np.moveaxis(a['frames'][i, :F].astype(np.float32) / 255.0, 1, -1)
+        d, _ = focus_measure_depth(frames, focus)
+        g = a['gt'][i]
+        absrel.append(float(np.mean(np.abs(d - g) / g)))
+        d1.append(float(np.mean(np.maximum(d / g, g / d) < 1.25) * 100))
+    return {'abs_rel': float(np.mean(absrel)), 'delta1': float(np.mean(d1)), 'count': len(absrel)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--config', required=True)
+    ap.add_argument('--resume', action='store_true', help='continue checkpoints/<name>/last.pt or training/weights/<name>.pt')
+    ap.add_argument('--hours', type=float, default=None, help='stop after this wall time')
+    ap.add_argument('--threads', type=int, default=1)
+    a = ap.parse_args(argv)
+    conf = yaml.safe_load(Path(a.config).read_text())
+    name, family = conf['name'], conf['model']['family']
+    t = conf['train']
+    out = Path(conf.get('out', f'checkpoints/{name}'))
+    out.mkdir(parents=True, exist_ok=True)
+    weights = Path('training/weights') / f'{name}.pt'
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(int(t.get('seed', 0)))
+
+    model = build(family, conf['model'].get('kwargs', {}))
+    opt = torch.optim.AdamW(model.parameters(), lr=float(t['lr']), weight_decay=float(t.get('weight_decay', 1e-4)))
+    samples, best, wall0 = 0, float('inf'), 0.0
+    if a.resume and (out / 'last.pt').exists():
+        ck = torch.load(out / 'last.pt', map_location='cpu', weights_only=False)
+        model.load_state_dict(ck['model'])
+        opt.load_state_dict(ck['opt'])
+        samples, best, wall0 = ck['samples'], ck.get('best', best), ck.get('wall_s', 0.0)
+    elif a.resume and weights.exists():
+        ck = torch.load(weights, map_location='cpu', weights_only=False)
+        model.load_state_dict(ck['model'])
+        samples, best, wall0 = ck['samples'], ck.get('best', best), ck.get('wall_s', 0.0)
+    log = open(out / 'log.txt', 'a')
+
+    def say(msg: str) -> None:
+        line = f'{time.strftime("%H:%M:%S")} {msg}'
+        print(line, flush=True)
+        log.write(line + '\n')
+        log.flush()
+
+    cache = Path(conf['data']['cache'])
+    val = ShardDataset(cache, 'val', family)
+    fm_path = out / 'focus_measure_val.json'
+    if not fm_path.exists():
+        fm_path.write_text(json.dumps(focus_measure_on(val)))
+    say(f'{name}: {sum(p.numel() for p in model.parameters())} parameters, {len(val)} validation stacks, '
+        f'focus measure on them {json.loads(fm_path.read_text())}, resuming at {samples} samples')
+    curve = out / 'curve.csv'
+    if not curve.exists():
+        curve.write_text('samples,val_abs_rel,val_delta1,train_loss,wall_s,lr\n')
+
+    batch, crop = int(t['batch']), int(t['crop'])
+    target, warmup = int(t['samples_target']), int(t.get('warmup', 4000))
+    val_every = int(t['val_every'])
+    stop_at = time.time() + a.hours * 3600 if a.hours else None
+    t_start = time.time()
+    next_val = (samples // val_every + 1) * val_every
+    losses: list = []
+    model.train()
+    while True:
+        # re-read the shards every pass: a renderer may have added some
+        data = ShardDataset(cache, 'train', family, crop=crop, seed=samples)
+        loader = DataLoader(data, batch_size=batch, shuffle=True, num_workers=int(t.get('workers', 1)),
+                            drop_last=True, persistent_workers=False)
+        say(f'pass over {data.num_shards} shards ({len(data)} stacks)')
+        for b in loader:
+            lr = lr_at(samples, float(t['lr']), target, warmup)
+            for g in opt.param_groups:
+                g['lr'] = lr
+            o = forward(model, family, b)
+            lo, hi = output_range(family, b)
+            loss = relative_l1(o['depth'], b['gt'], lo, hi)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            losses.append(float(loss))
+            samples += batch
+            if samples >= next_val:
+                next_val += val_every
+                v = validate(model, family, val)
+                wall = wall0 + time.time() - t_start
+                tl = float(np.mean(losses)) if losses else float('nan')
+                losses = []
+                with open(curve, 'a') as fh:
+                    csv.writer(fh).writerow([samples, f'{v["abs_rel"]:.5f}', f'{v["delta1"]:.3f}', f'{tl:.5f}',
+                                             f'{wall:.0f}', f'{lr:.2e}'])
+                improved = v['abs_rel'] < best
+                if improved:
+                    best = v['abs_rel']
+                    torch.save({'model': model.state_dict(), 'samples': samples, 'val': v, 'family': family,
+                                'config': conf}, out / 'best.pt')
+                state = {'model': model.state_dict(), 'opt': opt.state_dict(), 'samples': samples, 'best': best,
+                         'wall_s': wall, 'family': family, 'config': conf}
+                torch.save(state, out / 'last.pt')
+                weights.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({'model': model.state_dict(), 'samples': samples, 'best': best, 'wall_s': wall,
+                            'family': family}, weights)
+                say(f'{samples} samples: train loss {tl:.4f}, val AbsRel {v["abs_rel"]:.4f} d1 {v["delta1"]:.1f} % '
+                    f'{"(best)" if improved else ""} lr {lr:.2e}, {wall:.0f} s')
+                if stop_at and time.time() > stop_at:
+                    say('time limit reached')
+                    return
+        if samples >= int(t.get('samples_max', 10 ** 9)):
+            say('samples_max reached')
+            return
+
+
+if __name__ == '__main__':
+    main()
