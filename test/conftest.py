@@ -22,6 +22,7 @@ def build_tiny_engines(folder: Path) -> dict:
     """Export untrained tiny ddfs/dfv/dfv_cv engines to ``folder``; returns manifest paths."""
     import torch
 
+    from ddfs_ros.engines.manifest import write_artifact_hashes
     from training.export import export_model
     from training.models import build_model
 
@@ -34,6 +35,9 @@ def build_tiny_engines(folder: Path) -> dict:
             num_hypotheses=TINY_D, num_frames=TINY_F, hypotheses=TINY_HYPOTHESES,
             train_focus_range=(0.3, 2.0), training={'note': 'untrained test fixture'},
             validation={}, name=f'tiny_{family}')
+        # Record the .pt2 hash too (idempotent once training/export.py writes it itself):
+        # the torch backend refuses programs the manifest does not vouch for.
+        write_artifact_hashes(out[family])
     return out
 
 

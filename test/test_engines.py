@@ -7,16 +7,21 @@ TensorRT FP16 is held to 2 % of the hypothesis span.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from bench._engines import example_inputs
-from ddfs_ros.engines import (EngineError, EngineInputError, available_backends, load_engine, load_manifest)
+from ddfs_ros.engines import (EngineError, EngineInputError, available_backends, load_engine, load_manifest,
+                              sha256_file)
 from ddfs_ros.engines.tensorrt_backend import plan_key
 
+ROOT = Path(__file__).resolve().parents[1]
 BACKEND_ATOL = 1e-4
 BACKEND_RTOL = 1e-4
 
@@ -162,3 +167,264 @@ def test_tensorrt_agrees_with_onnxruntime(tiny_engines, family, tmp_path, monkey
     assert list(tmp_path.glob('*.plan'))     # cached for the next start
     again = load_engine(tiny_engines[family], backend='tensorrt', device='cuda', fallback=False)
     torch.testing.assert_close(again.infer({k: v.cuda() for k, v in x.items()})[0], d1)
+
+
+# -- artefact integrity (issue 12, item 7) ---------------------------------------------------
+def test_torch_program_needs_its_sha256_in_the_manifest(tiny_engines, tmp_path):
+    path, m = _copy_engine(tiny_engines['ddfs'], tmp_path)
+    assert m['torch_program_sha256'] == sha256_file(tmp_path / m['torch_program'])
+    assert load_engine(path, backend='torch', fallback=False).backend_name == 'torch'
+    del m['torch_program_sha256']                       # a manifest that does not vouch for the .pt2
+    path.write_text(json.dumps(m))
+    with pytest.raises(EngineError, match="no 'torch_program_sha256'.*not loaded"):
+        load_engine(path, backend='torch', fallback=False)
+    # a corrupt ONNX must not fall back to weights nobody verified
+    onnx = tmp_path / m['onnx']
+    onnx.write_bytes(onnx.read_bytes()[:-7])
+    with pytest.raises(EngineError) as e:
+        load_engine(path, backend='onnxruntime')
+    assert 'sha256' in str(e.value) and 'torch_program_sha256' in str(e.value)
+
+
+def test_tampered_torch_program_is_refused(tiny_engines, tmp_path):
+    path, m = _copy_engine(tiny_engines['dfv'], tmp_path)
+    pt2 = tmp_path / m['torch_program']
+    data = bytearray(pt2.read_bytes())
+    data[len(data) // 2] ^= 0xFF                         # one flipped byte, still the same size
+    pt2.write_bytes(bytes(data))
+    with pytest.raises(EngineError, match='sha256 of torch program'):
+        load_engine(path, backend='torch', fallback=False)
+
+
+def test_add_artifact_hashes_covers_every_artefact(tiny_engines, tmp_path):
+    from ddfs_ros.engines.manifest import add_artifact_hashes
+    path, m = _copy_engine(tiny_engines['dfv_cv'], tmp_path)
+    shutil.copy(tmp_path / m['onnx'], tmp_path / 'half.onnx')
+    raw = dict(m, sha256='0' * 64, torch_program_sha256=None, onnx_fp16='half.onnx')
+    out = add_artifact_hashes(raw, tmp_path)
+    assert out['sha256'] == sha256_file(tmp_path / m['onnx'])
+    assert out['torch_program_sha256'] == sha256_file(tmp_path / m['torch_program'])
+    assert out['onnx_fp16_sha256'] == sha256_file(tmp_path / 'half.onnx')
+    assert add_artifact_hashes(dict(m, torch_program=None), tmp_path)['torch_program_sha256'] is None
+
+
+@pytest.mark.parametrize('name', ['ddfs_s', 'dfv_cv_s', 'dfv_s'])
+def test_shipped_engines_run_the_pt2_only_when_the_manifest_hashes_it(name):
+    path = ROOT / 'engines' / f'{name}.json'
+    if not path.is_file():
+        pytest.skip('shipped engine not built')
+    raw = json.loads(path.read_text())
+    if raw.get('torch_program_sha256'):
+        assert load_engine(path, backend='torch', fallback=False).backend_name == 'torch'
+    else:       # manifests exported before the field existed: ONNX only, the .pt2 is refused
+        with pytest.raises(EngineError, match='torch_program_sha256'):
+            load_engine(path, backend='torch', fallback=False)
+    assert load_engine(path, backend='onnxruntime', fallback=False).backend_name == 'onnxruntime'
+
+
+# -- TensorRT without a GPU: a fake ``tensorrt`` module records the calls (issue 12, item 8) --
+class _Rec:
+    """Recorder of calls made on the fake TensorRT objects."""
+
+    def __init__(self):
+        self.calls = []
+
+
+def make_fake_tensorrt(version: str = '10.3.0', dynamic: bool = False):
+    """A module with the TensorRT 10/11 Python API surface the builder and backend use.
+
+    TensorRT 11 dropped ``BuilderFlag.FP16`` and ``platform_has_fast_fp16``: the fake has
+    neither, so code that still uses them fails here.
+    """
+    import enum
+    import types
+    rec = _Rec()
+    trt = types.ModuleType('tensorrt')
+    trt.__version__ = version
+    trt.rec = rec
+
+    class NetworkDefinitionCreationFlag(enum.IntEnum):
+        STRONGLY_TYPED = 1
+
+    class MemoryPoolType(enum.IntEnum):
+        WORKSPACE = 0
+
+    class DataType(enum.IntEnum):
+        FLOAT = 0
+        HALF = 1
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            self.level = level
+
+    class Tensor:
+        def __init__(self, name, shape):
+            self.name, self.shape = name, shape
+
+    class Network:
+        def __init__(self, flags):
+            self.flags = flags
+            self.inputs = []
+
+        @property
+        def num_inputs(self):
+            return len(self.inputs)
+
+        def get_input(self, i):
+            return self.inputs[i]
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            self.network = network
+            self.num_errors = 0
+
+        def parse(self, data):
+            rec.calls.append(('parse', hashlib.sha256(data).hexdigest()))
+            for name in trt.input_names:
+                shape = [1, 3, -1, -1] if dynamic and name in ('image', 'cost_volume') else [1, 3, 64, 64]
+                self.network.inputs.append(Tensor(name, shape))
+            return True
+
+        def get_error(self, i):
+            return ''
+
+    class Profile:
+        def set_shape(self, name, lo, opt, hi):
+            rec.calls.append(('set_shape', name, list(lo), list(opt), list(hi)))
+
+    class Config:
+        def set_memory_pool_limit(self, pool, size):
+            rec.calls.append(('memory_pool', pool, size))
+
+        def add_optimization_profile(self, profile):
+            rec.calls.append(('add_profile',))
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            rec.calls.append(('create_network', flags))
+            return Network(flags)
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            rec.calls.append(('build',))
+            return b'PLAN' + bytes([network.flags])
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            rec.calls.append(('deserialize', bytes(data)))
+            return object()
+
+    for obj in (NetworkDefinitionCreationFlag, MemoryPoolType, DataType, Logger, OnnxParser, Builder, Runtime):
+        setattr(trt, obj.__name__, obj)
+    trt.input_names = ('image', 'cost_volume', 'depths')
+    return trt
+
+
+@pytest.fixture
+def fake_trt(monkeypatch, tmp_path):
+    trt = make_fake_tensorrt()
+    monkeypatch.setitem(sys.modules, 'tensorrt', trt)
+    monkeypatch.setenv('DDFS_TRT_CACHE', str(tmp_path / 'trt_cache'))
+    import training.build_engine as be
+    monkeypatch.setattr(be, 'gpu_compute_capability', lambda: (8, 9))
+    return trt
+
+
+def test_build_engine_tool_and_backend_share_one_plan(fake_trt, tiny_engines, tmp_path, capsys):
+    from ddfs_ros.engines import tensorrt_backend as tb
+    from training.build_engine import build_engine, main as build_main
+    path, m = _copy_engine(tiny_engines['ddfs'], tmp_path)
+    assert build_main([str(path)]) == 0                     # defaults: fp32, the shared cache
+    man = load_manifest(path)
+    expected = tb.plan_path(man, man.sha256, '10.3.0', (8, 9), tb.DEFAULT_PRECISION)
+    assert expected.parent == tmp_path / 'trt_cache' and expected.is_file()
+    assert f'built {expected}' in capsys.readouterr().out
+    # strongly typed, no deprecated FP16 flag, the verified ONNX bytes parsed, one build
+    calls = fake_trt.rec.calls
+    assert ('create_network', 1 << int(fake_trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) in calls
+    assert ('parse', man.sha256) in calls and calls.count(('build',)) == 1
+    assert ('memory_pool', fake_trt.MemoryPoolType.WORKSPACE, tb.WORKSPACE_BYTES) in calls
+    # what the backend does at start-up finds that very plan: no second build
+    plan, p2, used, built = tb.get_or_build_plan(fake_trt, None, man, (8, 9))
+    assert (p2, used, built) == (expected, 'fp32', False) and plan == expected.read_bytes()
+    assert build_engine(path) == expected and calls.count(('build',)) == 1
+    # another GPU or TensorRT version is another plan
+    assert tb.get_or_build_plan(fake_trt, None, man, (9, 0))[1] != expected
+
+
+def test_tampered_or_unrecorded_plan_is_rebuilt_not_loaded(fake_trt, tiny_engines, tmp_path):
+    from ddfs_ros.engines import tensorrt_backend as tb
+    path, _ = _copy_engine(tiny_engines['ddfs'], tmp_path)
+    man = load_manifest(path)
+    plan, p, _, built = tb.get_or_build_plan(fake_trt, None, man, (8, 9))
+    assert built
+    p.write_bytes(b'EVIL' + plan)                           # swapped plan
+    plan2, _, _, built = tb.get_or_build_plan(fake_trt, None, man, (8, 9))
+    assert built and plan2 == plan and p.read_bytes() == plan
+    p.with_name(p.name + '.json').unlink()                  # plan without its hash record
+    assert tb.get_or_build_plan(fake_trt, None, man, (8, 9))[3] is True
+
+
+def test_fp16_needs_an_fp16_onnx_and_keys_it_apart(fake_trt, tiny_engines, tmp_path):
+    from ddfs_ros.engines import tensorrt_backend as tb
+    from ddfs_ros.engines.manifest import add_artifact_hashes
+    path, m = _copy_engine(tiny_engines['ddfs'], tmp_path)
+    notes = []
+    _, p32, used, _ = tb.get_or_build_plan(fake_trt, None, load_manifest(path), (8, 9), 'fp16', say=notes.append)
+    assert used == 'fp32' and p32.name.endswith('-fp32.plan') and any('onnx_fp16' in n for n in notes)
+    half = tmp_path / 'half.onnx'
+    half.write_bytes((tmp_path / m['onnx']).read_bytes() + b'\0')     # stands in for an FP16 export
+    path.write_text(json.dumps(add_artifact_hashes(dict(m, onnx_fp16='half.onnx'), tmp_path)))
+    man = load_manifest(path)
+    _, p16, used, built = tb.get_or_build_plan(fake_trt, None, man, (8, 9), 'fp16')
+    assert used == 'fp16' and built and p16 != p32 and p16.name.endswith('-fp16.plan')
+    assert ('parse', sha256_file(half)) in fake_trt.rec.calls
+    m2 = json.loads(path.read_text())
+    m2['onnx_fp16_sha256'] = '0' * 64                                   # unverifiable FP16 ONNX
+    path.write_text(json.dumps(m2))
+    with pytest.raises(EngineError, match='sha256 of FP16 ONNX'):
+        tb.get_or_build_plan(fake_trt, None, load_manifest(path), (8, 9), 'fp16', force=True)
+
+
+def test_dynamic_inputs_get_an_optimization_profile(monkeypatch, tiny_engines, tmp_path):
+    from ddfs_ros.engines import tensorrt_backend as tb
+    trt = make_fake_tensorrt(version='11.0.0', dynamic=True)
+    path, m = _copy_engine(tiny_engines['ddfs'], tmp_path)
+    m.update(dynamic_size=True, validated_size=[[32, 32], [128, 192]])
+    path.write_text(json.dumps(m))
+    man = load_manifest(path)
+    tb.get_or_build_plan(trt, None, man, (8, 9), directory=tmp_path / 'c')
+    shapes = {c[1]: c[2:] for c in trt.rec.calls if c[0] == 'set_shape'}
+    assert set(shapes) == {'image', 'cost_volume'} and ('add_profile',) in trt.rec.calls
+    assert shapes['image'] == ([1, 3, 32, 32], [1, 3, 64, 64], [1, 3, 128, 192])
+
+
+def test_set_tensor_address_false_is_an_error():
+    from ddfs_ros.engines.tensorrt_backend import set_tensor_addresses
+
+    class Context:
+        def __init__(self):
+            self.bound = []
+
+        def set_tensor_address(self, name, ptr):
+            self.bound.append(name)
+            return name != 'depths'
+
+    ctx = Context()
+    t = torch.zeros(2)
+    set_tensor_addresses(ctx, {'image': t}, 'x')
+    with pytest.raises(EngineError, match="rejected the address of tensor 'depths'"):
+        set_tensor_addresses(ctx, {'image': t, 'depths': t}, 'x')

@@ -1,13 +1,15 @@
-"""Build a TensorRT plan from a shipped ONNX engine (run this on the target GPU).
+"""Build the TensorRT plan of a shipped engine ahead of time (run this on the target GPU).
 
-    python -m training.build_engine engines/NAME.onnx [--fp16] [--cache-dir DIR] [--workspace-mb N]
+    python -m training.build_engine engines/NAME.json [--precision fp32|fp16] [--cache-dir DIR] [--force]
 
-Uses the TensorRT Python API directly (``trt.Builder``, ``trt.OnnxParser``,
-``BuilderConfig`` with the FP16 flag when ``--fp16`` is asked for and
-``builder.platform_has_fast_fp16``, ``build_serialized_network``).  The plan is cached
-under a key of ONNX sha256 + TensorRT version + GPU compute capability + precision
-(DESIGN.md section 7), so a rebuild happens only when one of them changes:
-``<cache-dir>/<NAME>.<sha256[:16]>.trt<version>.sm<major><minor>.<precision>.plan``.
+The plan goes exactly where the node's ``tensorrt`` backend looks for it: the same
+cache (``$DDFS_TRT_CACHE``, default ``~/.cache/ddfs_ros/trt``), the same key (ONNX
+sha256 + TensorRT version + GPU compute capability + precision), the same precision
+default (``fp32``) and the same strongly typed build, because both call
+:func:`ddfs_ros.engines.tensorrt_backend.get_or_build_plan`.  The ONNX is checked
+against the manifest's sha256 before TensorRT sees it, and the plan is written with
+its own hash record.  FP16 needs an FP16 ONNX named in the manifest (``onnx_fp16``):
+TensorRT 10 deprecates and 11 removes the FP16 builder flag.
 
 Where TensorRT or a CUDA GPU is absent it prints a clear message to stderr and exits
 with status 2 (plans are built on the robot, not on the CPU training machine).
@@ -17,15 +19,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from .export import sha256_file
+from ddfs_ros.engines.manifest import EngineError, load_manifest
+from ddfs_ros.engines.tensorrt_backend import DEFAULT_PRECISION, PRECISIONS, WORKSPACE_BYTES, get_or_build_plan
 
 EXIT_UNAVAILABLE = 2
 
 
 class EngineBuildError(RuntimeError):
-    """TensorRT is missing, no GPU is visible, or the ONNX does not parse/build."""
+    """TensorRT is missing, no GPU is visible, or the ONNX does not verify/parse/build."""
 
 
 def _import_tensorrt():
@@ -52,66 +55,42 @@ def gpu_compute_capability() -> tuple[int, int]:
                            'TensorRT plans can only be built on a machine with an NVIDIA GPU.')
 
 
-def cache_key(onnx_sha256: str, trt_version: str, capability: tuple[int, int], precision: str) -> str:
-    """The plan cache key: ONNX hash, TensorRT version, GPU compute capability, precision."""
-    return f'{onnx_sha256[:16]}.trt{trt_version}.sm{capability[0]}{capability[1]}.{precision}'
-
-
-def plan_path(onnx_path: Path, cache_dir: Path, key: str) -> Path:
-    return Path(cache_dir) / f'{Path(onnx_path).stem}.{key}.plan'
-
-
-def build_engine(onnx_path: Path | str, fp16: bool = False, cache_dir: Optional[Path | str] = None,
-                 workspace_mb: int = 1024, force: bool = False, log=print) -> Path:
-    """Build (or reuse) the TensorRT plan of ``onnx_path``; returns the plan path."""
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise EngineBuildError(f'ONNX file not found: {onnx_path}')
+def build_engine(manifest_path: Path | str, precision: str = DEFAULT_PRECISION,
+                 cache_dir: Optional[Path | str] = None, workspace_mb: int = WORKSPACE_BYTES >> 20,
+                 force: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Build (or reuse) the TensorRT plan of ``NAME.json`` (or ``NAME.onnx``); returns the plan path."""
+    try:
+        manifest = load_manifest(manifest_path)          # also verifies the ONNX sha256
+    except EngineError as exc:
+        raise EngineBuildError(str(exc)) from exc
     trt = _import_tensorrt()
     capability = gpu_compute_capability()
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    use_fp16 = bool(fp16 and builder.platform_has_fast_fp16)
-    if fp16 and not use_fp16:
-        log('FP16 requested but this GPU has no fast FP16; building FP32')
-    precision = 'fp16' if use_fp16 else 'fp32'
-    key = cache_key(sha256_file(onnx_path), trt.__version__, capability, precision)
-    out = plan_path(onnx_path, Path(cache_dir) if cache_dir else onnx_path.parent, key)
-    if out.exists() and not force:
-        log(f'cached plan {out}')
-        return out
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, 'EXPLICIT_BATCH'):   # implicit in TensorRT >= 10
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
-        errors = '; '.join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineBuildError(f'TensorRT could not parse {onnx_path}: {errors}')
-    config = builder.create_builder_config()
-    if hasattr(config, 'set_memory_pool_limit'):
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-    if use_fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineBuildError(f'TensorRT failed to build {onnx_path} ({precision})')
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(bytes(serialized))
-    log(f'built {out} ({precision}, TensorRT {trt.__version__}, sm{capability[0]}{capability[1]})')
-    return out
+    try:
+        _, path, used, built = get_or_build_plan(trt, logger, manifest, capability, precision, cache_dir,
+                                                 int(workspace_mb) << 20, force, say=log)
+    except EngineError as exc:
+        raise EngineBuildError(str(exc)) from exc
+    log(f'{"built" if built else "cached plan"} {path} ({used}, TensorRT {trt.__version__}, '
+        f'sm{capability[0]}{capability[1]})')
+    if cache_dir is not None:
+        log(f'note: the node looks in $DDFS_TRT_CACHE; set DDFS_TRT_CACHE={Path(cache_dir).resolve()} for it')
+    return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description='Build a TensorRT plan from an ONNX engine.')
-    ap.add_argument('onnx')
-    ap.add_argument('--fp16', action='store_true', help='FP16 where the GPU supports it fast')
-    ap.add_argument('--cache-dir', default=None, help='where plans live (default: next to the ONNX)')
-    ap.add_argument('--workspace-mb', type=int, default=1024)
-    ap.add_argument('--force', action='store_true', help='rebuild even if a cached plan exists')
+    ap = argparse.ArgumentParser(description='Build the TensorRT plan the tensorrt backend will load.')
+    ap.add_argument('manifest', help='engine manifest NAME.json (NAME.onnx is accepted: its manifest sits beside it)')
+    ap.add_argument('--precision', choices=PRECISIONS, default=DEFAULT_PRECISION,
+                    help='fp16 needs an FP16 ONNX named in the manifest (onnx_fp16)')
+    ap.add_argument('--fp16', action='store_true', help='same as --precision fp16')
+    ap.add_argument('--cache-dir', default=None, help='plan cache (default: $DDFS_TRT_CACHE or ~/.cache/ddfs_ros/trt)')
+    ap.add_argument('--workspace-mb', type=int, default=WORKSPACE_BYTES >> 20)
+    ap.add_argument('--force', action='store_true', help='rebuild even if a verified cached plan exists')
     a = ap.parse_args(argv)
     try:
-        build_engine(a.onnx, fp16=a.fp16, cache_dir=a.cache_dir, workspace_mb=a.workspace_mb, force=a.force)
+        build_engine(a.manifest, precision='fp16' if a.fp16 else a.precision, cache_dir=a.cache_dir,
+                     workspace_mb=a.workspace_mb, force=a.force)
     except EngineBuildError as exc:
         print(f'build_engine: error: {exc}', file=sys.stderr)
         return EXIT_UNAVAILABLE

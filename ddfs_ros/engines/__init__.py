@@ -52,8 +52,8 @@ def available_backends() -> list[str]:
 
 def _construct(name: str, manifest: EngineManifest, device: torch.device, options: dict) -> Engine:
     if name == 'tensorrt':
-        from .tensorrt_backend import TensorRTEngine
-        return TensorRTEngine(manifest, device, precision=options.get('precision', 'fp16'))
+        from .tensorrt_backend import DEFAULT_PRECISION, TensorRTEngine
+        return TensorRTEngine(manifest, device, precision=options.get('precision', DEFAULT_PRECISION))
     if name == 'onnxruntime':
         from .onnxruntime_backend import OnnxRuntimeEngine
         return OnnxRuntimeEngine(manifest, device, threads=options.get('threads', 0))
@@ -147,7 +147,7 @@ def load_engine(manifest_path: str | Path, backend: str = 'auto', device: Option
         device: torch device; default ``cuda`` when available else ``cpu``.
         fallback: move down ``tensorrt > onnxruntime > torch`` on load or run-time failure.
         on_event: called with each log-worthy message (backend chosen, failures).
-        options: ``precision`` ('fp16'|'fp32', tensorrt), ``threads`` (onnxruntime CPU).
+        options: ``precision`` ('fp32' default | 'fp16', tensorrt), ``threads`` (onnxruntime CPU).
 
     Raises:
         EngineError: the manifest is unusable, or no backend in the chain loads.

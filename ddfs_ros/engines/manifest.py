@@ -5,6 +5,14 @@ Every shipped model is ``NAME.onnx`` + ``NAME.json`` (+ optional ``NAME.pt2``, a
 Loading a manifest checks that the files exist, that the ONNX bytes hash to the
 manifest's ``sha256`` (a truncated, corrupt or swapped model is refused before any
 backend sees it), and that the shapes agree with the family's contract.
+
+Integrity rule: every artefact a backend loads is hashed and compared with the
+manifest before it is used, and the backend then loads exactly the bytes it hashed
+(no second read of the file): the ONNX against ``sha256``, the ``.pt2`` program
+against ``torch_program_sha256`` (a manifest without it cannot run on the torch
+backend), an optional FP16 ONNX against ``onnx_fp16_sha256``.  TensorRT plans are
+built on the target and carry their own hash record (``tensorrt_backend``).
+:func:`add_artifact_hashes` fills these fields for the exporter.
 """
 from __future__ import annotations
 
@@ -24,6 +32,10 @@ FAMILY_INPUTS = {'ddfs': ('image', 'cost_volume', 'depths'),
                  'dfv_cv': ('image', 'cost_volume', 'depths'),
                  'dfv': ('stack', 'focus')}
 OUTPUTS = ('depth', 'uncertainty')
+#: Manifest key of the sha256 of the ``torch_program`` (.pt2) file.
+TORCH_PROGRAM_SHA256 = 'torch_program_sha256'
+#: Optional FP16 ONNX (strongly typed TensorRT builds at FP16) and its sha256.
+ONNX_FP16, ONNX_FP16_SHA256 = 'onnx_fp16', 'onnx_fp16_sha256'
 
 
 class EngineError(RuntimeError):
@@ -74,6 +86,8 @@ class EngineManifest:
     #: Pixel width whose blur range the network learned (``max_coc_px`` is given at this
     #: width); None = the engine width ``image_size[1]``.
     train_processing_width: Optional[int] = None
+    #: sha256 of the ``torch_program`` bytes; None = the program is never loaded.
+    torch_program_sha256: Optional[str] = None
 
     @property
     def height(self) -> int:
@@ -117,15 +131,67 @@ def _validated_size(value, path: Path):
                           f'got {value!r}') from e
 
 
+def read_verified(manifest: EngineManifest, path: Optional[Path], expected: Optional[str], what: str,
+                  key: str) -> bytes:
+    """The bytes of ``path`` if they hash to ``expected`` (the manifest's ``key``), else :class:`EngineError`.
+
+    Backends load the returned bytes, never the file again, so what runs is what was hashed.
+    """
+    name = manifest.path.name
+    if path is None:
+        raise EngineError(f'engine {name}: the manifest names no {what}')
+    if not expected:
+        raise EngineError(f'engine {name}: the manifest has no {key!r} for the {what} {path.name}, so it is not '
+                          'loaded (unverified weights); re-export the engine (python -m training.export) to '
+                          'record it')
+    if not path.is_file():
+        raise EngineError(f'engine {name}: {what} {path} does not exist')
+    data = path.read_bytes()
+    got = hashlib.sha256(data).hexdigest()
+    if got != expected:
+        raise EngineError(f'engine {name}: sha256 of {what} {path.name} is {got[:16]}..., the manifest says '
+                          f'{str(expected)[:16]}... (truncated, corrupt or replaced; re-export it)')
+    return data
+
+
+def read_onnx(manifest: EngineManifest) -> bytes:
+    """The ONNX bytes, checked against the manifest's ``sha256`` (else :class:`EngineError`)."""
+    return read_verified(manifest, manifest.onnx_path, manifest.sha256, 'ONNX file', 'sha256')
+
+
+def read_torch_program(manifest: EngineManifest) -> bytes:
+    """The ``.pt2`` bytes, checked against ``torch_program_sha256`` (else :class:`EngineError`)."""
+    return read_verified(manifest, manifest.torch_program, manifest.torch_program_sha256, 'torch program',
+                         TORCH_PROGRAM_SHA256)
+
+
 def check_onnx(manifest: EngineManifest) -> None:
     """The ONNX file exists and hashes to the manifest's sha256 (else :class:`EngineError`)."""
-    p = manifest.onnx_path
-    if not p.is_file():
-        raise EngineError(f'engine {manifest.path.name}: ONNX file {p} does not exist')
-    got = sha256_file(p)
-    if got != manifest.sha256:
-        raise EngineError(f'engine {manifest.path.name}: sha256 of {p.name} is {got[:16]}..., the manifest '
-                          f'says {manifest.sha256[:16]}... (truncated, corrupt or replaced model; re-export it)')
+    read_onnx(manifest)
+
+
+def add_artifact_hashes(raw: dict, folder: Path | str) -> dict:
+    """Set the sha256 of every artefact a manifest dict names (files relative to ``folder``).
+
+    ``sha256`` (``onnx``), ``torch_program_sha256`` (``torch_program``; None when there is
+    none) and ``onnx_fp16_sha256`` (``onnx_fp16``, when named).  For ``training/export.py``:
+    call it on the dict just before writing ``NAME.json``.  Returns ``raw`` (changed in place).
+    """
+    folder = Path(folder)
+    raw['sha256'] = sha256_file(folder / raw['onnx'])
+    tp = raw.get('torch_program')
+    raw[TORCH_PROGRAM_SHA256] = sha256_file(folder / tp) if tp else None
+    if raw.get(ONNX_FP16):
+        raw[ONNX_FP16_SHA256] = sha256_file(folder / raw[ONNX_FP16])
+    return raw
+
+
+def write_artifact_hashes(manifest_path: Path | str) -> Path:
+    """Re-hash the artefacts of an existing ``NAME.json`` in place (:func:`add_artifact_hashes`)."""
+    manifest_path = Path(manifest_path)
+    raw = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps(add_artifact_hashes(raw, manifest_path.parent), indent=1))
+    return manifest_path
 
 
 def load_manifest(path: str | Path, verify_sha256: bool = True) -> EngineManifest:
@@ -188,6 +254,7 @@ def load_manifest(path: str | Path, verify_sha256: bool = True) -> EngineManifes
         train_focus_range=None if not tfr else (float(tfr[0]), float(tfr[1])),
         reference_frame=str(raw.get('reference_frame', 'farthest')),
         max_coc_px=None if raw.get('max_coc_px') is None else float(raw['max_coc_px']), raw=raw,
+        torch_program_sha256=raw.get(TORCH_PROGRAM_SHA256) or None,
         dynamic_size=bool(raw.get('dynamic_size', False)),
         size_multiple=int(raw.get('size_multiple', 32)),
         validated_size=_validated_size(raw.get('validated_size'), path),

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .base import Engine
-from .manifest import EngineError, EngineManifest, check_onnx
+from .manifest import EngineError, EngineManifest, read_onnx
 
 
 class OnnxRuntimeEngine(Engine):
@@ -20,7 +20,7 @@ class OnnxRuntimeEngine(Engine):
             import onnxruntime as ort
         except ImportError as e:
             raise EngineError(f'onnxruntime is not installed: {e}') from e
-        check_onnx(manifest)
+        onnx_bytes = read_onnx(manifest)     # hashed; the session loads these very bytes
         device = torch.device(device)
         use_cuda = device.type == 'cuda' and 'CUDAExecutionProvider' in ort.get_available_providers()
         if use_cuda:
@@ -37,7 +37,7 @@ class OnnxRuntimeEngine(Engine):
         if threads:
             opts.intra_op_num_threads = int(threads)
         try:
-            self.session = ort.InferenceSession(str(manifest.onnx_path), opts, providers=providers)
+            self.session = ort.InferenceSession(onnx_bytes, opts, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise EngineError(f'engine {manifest.name}: onnxruntime cannot load {manifest.onnx_path}: {e}') from e
         names = [i.name for i in self.session.get_inputs()]

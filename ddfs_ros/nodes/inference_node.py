@@ -34,6 +34,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
 
 from .. import ros_io
 from ..engines import EngineError, load_engine
+from ..engines.tensorrt_backend import DEFAULT_PRECISION
 from ..pipeline import DEFAULT_MAX_RELATIVE_UNCERTAINTY, DepthPipeline
 from ..stack import StackError
 from .common import describe, intrinsics_problem, run_node, publisher_qos, resolve_path, subscription_qos
@@ -129,7 +130,8 @@ class InferenceNode(Node):
                                       choices=['auto', 'tensorrt', 'onnxruntime', 'torch']))
         d('device', '', describe("torch device ('' = cuda if available, else cpu)", read_only=True))
         d('fallback', True, describe('fall back along tensorrt > onnxruntime > torch on failure', read_only=True))
-        d('precision', 'fp16', describe('TensorRT precision', read_only=True, choices=['fp16', 'fp32']))
+        d('precision', DEFAULT_PRECISION, describe('TensorRT precision (fp16 needs an FP16 ONNX in the manifest)',
+                                                   read_only=True, choices=['fp32', 'fp16']))
         d('hypothesis_mode', 'from_focus', describe('depth hypotheses', choices=['fixed', 'from_focus', 'range']))
         d('depth_min', 0.0, describe('hypothesis range start (m) for hypothesis_mode=range', lo=0.0, hi=1000.0))
         d('depth_max', 0.0, describe('hypothesis range end (m) for hypothesis_mode=range', lo=0.0, hi=1000.0))
