@@ -41,6 +41,8 @@ setup(
             'ddfs-run = ddfs_ros.nodes.run:main',
             'ddfs-eval = ddfs_ros.eval.cli:main',
             'ddfs-bag = ddfs_ros.eval.bag_cli:main',
+            'ddfs-calibrate = ddfs_ros.eval.calibrate_cli:main',
+            'ddfs-plan = ddfs_ros.plan_cli:main',
         ],
     },
 )

@@ -123,7 +123,8 @@ def expected_relative_error(focus_m: Sequence[float], problem: PlanProblem, n: i
     Returns the mean over the range (float), or with ``per_depth`` the pair
     (depths m, relative error per depth).
     """
-    focus = np.asarray(focus_m, dtype=np.float64).ravel()
+    # one focus distance twice is one measurement (DESIGN.md: such a stack adds nothing)
+    focus = np.unique(np.asarray(focus_m, dtype=np.float64).ravel())
     u, wts = problem.grid(n)
     lens = problem.lens
     # blur (px at processing width) of every depth sample in every frame: F x n

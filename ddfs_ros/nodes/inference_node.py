@@ -81,7 +81,8 @@ class InferenceNode(Node):
         self.pipeline = DepthPipeline(self.engine, hypothesis_mode=self._hypothesis_mode(),
                                       reference=p('reference_frame'),
                                       max_uncertainty=p('max_uncertainty') or None,
-                                      max_relative_uncertainty=p('max_relative_uncertainty') or None)
+                                      max_relative_uncertainty=p('max_relative_uncertainty') or None,
+                                      processing_width=int(p('processing_width')), upsample=p('upsample'))
         if p('warmup_runs') > 0:
             ms = self.pipeline.warm_up(runs=int(p('warmup_runs')))
             self.get_logger().info(f'warm-up done: {ms:.1f} ms per stack at the engine size on '
@@ -96,6 +97,7 @@ class InferenceNode(Node):
         self.pub_info = self.create_publisher(CameraInfo, 'depth/camera_info', qos_out)
         self.pub_color = self.create_publisher(Image, 'depth/image_colorized', qos_out)
         self.pub_points = self.create_publisher(PointCloud2, 'depth/points', qos_out)
+        self.pub_aif = self.create_publisher(Image, 'all_in_focus/image', qos_out)
         self.pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10) if DiagnosticArray else None
         qos_in = subscription_qos(p('qos'), p('qos_depth'))
         group = MutuallyExclusiveCallbackGroup()
@@ -155,6 +157,11 @@ class InferenceNode(Node):
                                               lo=0.0, hi=3600.0))
         d('colorize_min', 0.0, describe('colour-map start (m); 0 = hypothesis range', lo=0.0, hi=1000.0))
         d('colorize_max', 0.0, describe('colour-map end (m); 0 = hypothesis range', lo=0.0, hi=1000.0))
+        d('processing_width', 256, describe('width (px) the cost volume and a dynamic-size engine run at; height '
+                                            'by the aspect ratio, never above the input width', lo=16, hi=8192,
+                                            integer=True))
+        d('upsample', 'joint_bilateral', describe('depth/uncertainty back to the input size',
+                                                  choices=['joint_bilateral', 'guided', 'bilinear']))
 
     def _param(self, name: str):
         return self.get_parameter(name).value
@@ -180,6 +187,10 @@ class InferenceNode(Node):
                 self.pipeline.max_uncertainty = values['max_uncertainty'] or None
             if 'max_relative_uncertainty' in values:
                 self.pipeline.max_relative_uncertainty = values['max_relative_uncertainty'] or None
+            if 'processing_width' in values:
+                self.pipeline.processing_width = int(values['processing_width'])
+            if 'upsample' in values:
+                self.pipeline.upsample = values['upsample']
         except (ValueError, TypeError) as e:
             return SetParametersResult(successful=False, reason=str(e))
         return SetParametersResult(successful=True)
@@ -257,7 +268,8 @@ class InferenceNode(Node):
             return
         try:
             stack = ros_io.msgs_to_stack(image, info, lens, max_stack_bytes=int(self._param('max_stack_bytes')))
-            result = self.pipeline.run(stack)
+            want_aif = self.pub_aif.get_subscription_count() > 0
+            result = self.pipeline.run(stack, all_in_focus=want_aif)
         except ros_io.InputError as e:
             self._reject(e.reason, self._kind_of(e.topic), str(e), image.header)
             return
@@ -279,6 +291,10 @@ class InferenceNode(Node):
         if self.pub_points.get_subscription_count() > 0:
             rgb = stack.frames[result.reference_index]
             self.pub_points.publish(ros_io.depth_to_cloud(result.depth, stack.meta['K'], rgb, header))
+        if result.all_in_focus is not None:
+            # the input's encoding family: colour in, rgb8 out; gray in, mono8 out
+            enc = 'rgb8' if stack.channels == 3 else 'mono8'
+            self.pub_aif.publish(ros_io.array_to_image(ros_io.unit_to_pixels(result.all_in_focus, enc), enc, header))
         done = time.monotonic()
         with self._stats_lock:
             self.processed += 1
