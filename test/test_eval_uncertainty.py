@@ -151,3 +151,49 @@ def test_report_plots_sparsification_for_an_engine(tmp_path, cost_argmin_engines
     eng = rows[0]
     assert 0.0 <= eng['unc_cal'] <= 1.0 and eng['ause'] is not None and eng['ause'] >= -1e-9
     assert (tmp_path / 'r' / 'sparsification.png').stat().st_size > 1000
+
+
+SHARED = __import__('ddfs_ros.data_splits', fromlist=['SHARED_DATA']).SHARED_DATA
+
+
+def test_rgbd_7scenes_test_bag_keeps_holes_as_nan_and_the_data_k(tmp_path):
+    import cv2
+    from ddfs_ros.data_splits import rgbd_7scenes_frames
+    from ddfs_ros.eval.bags import read_bag
+    root = SHARED / 'rgbd_7scenes'
+    if not root.is_dir():
+        pytest.skip(f'{root} is absent (shared data not mounted)')
+    bag = tmp_path / 's'
+    assert bag_cli.main(['make', str(bag), '--source', 'rgbd_7scenes', '--split', 'test', '--stacks', '1',
+                         '--size', '64x48', '--no-noise']) == 0
+    (item,) = list(read_bag(bag))
+    assert item.ok and item.stack.frames.shape == (5, 48, 64, 3)
+    # K of the data (fx = 585 px at 640 px) scaled to 64 px, and the lens agrees with it: f = fx * pitch
+    fx = float(item.stack.meta['K'][0, 0])
+    assert fx == pytest.approx(58.5)
+    assert item.stack.lens.focal_length_m == pytest.approx(fx * item.stack.lens.pixel_pitch_m)
+    # the first test frame; its 0 (no reading) pixels are NaN in depth_gt, nearest-resized like the bag
+    frame = rgbd_7scenes_frames('test', root)[0]
+    raw = cv2.imread(str(root / f'frame-{frame:06d}.depth.png'), cv2.IMREAD_ANYDEPTH)
+    small = cv2.resize(raw, (64, 48), interpolation=cv2.INTER_NEAREST)
+    assert np.array_equal(np.isnan(item.depth_gt), small == 0) and (small == 0).any()
+    assert np.allclose(item.depth_gt[small > 0], small[small > 0] / 1000.0, atol=1e-6)
+    # focus: 5 distances uniform in dioptres between the 5th and 95th percentile of the depth
+    d = item.depth_gt[np.isfinite(item.depth_gt)]
+    inv = 1.0 / item.stack.focus_m
+    assert np.allclose(np.diff(inv), np.diff(inv)[0])
+    assert item.stack.focus_m.min() == pytest.approx(np.percentile(d, 5), rel=1e-5)
+
+
+def test_real_dfd_test_split_is_the_held_out_scenes():
+    from ddfs_ros.data_splits import real_dfd_split
+    from ddfs_ros.eval.bag_cli import _real_dfd_split_scenes
+    if not (SHARED / 'real_dfd_indoor_train' / 'pairs.csv').is_file():
+        pytest.skip('real_dfd_indoor_train is absent (shared data not mounted)')
+    test = _real_dfd_split_scenes(None, 'test')
+    val = _real_dfd_split_scenes(None, 'val')
+    rows = [ld.args[1]['rgb_file'] for ld in test]
+    assert len(rows) == sum(real_dfd_split(i) == 'test' for i in range(81)) == 12
+    assert not set(rows) & {ld.args[1]['rgb_file'] for ld in val}
+    rgb, depth, render_depth, name, fx = test[0]()
+    assert render_depth is None and fx is None and np.isfinite(depth).all() and rgb.shape[:2] == depth.shape

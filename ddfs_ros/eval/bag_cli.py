@@ -5,6 +5,8 @@
     ddfs-bag make OUT --source motorcycle --camera camera.yaml --stacks 3
     ddfs-bag make OUT --source procedural --camera camera.yaml --stacks 20 --storage sqlite3
     ddfs-bag make OUT --source rgbd DIR --camera camera.yaml        # DIR/rgbd.yaml says how
+    ddfs-bag make OUT --source real_dfd --split test                  # held-out real scenes (data_splits)
+    ddfs-bag make OUT --source rgbd_7scenes --split test              # held-out 7-Scenes frames
     ddfs-bag info BAG                                                  # stacks, stamps, problems
 
 A bag holds ``<ns>/focal_stack/{image,camera_info,lens_state,depth_gt}`` (DESIGN.md
@@ -30,6 +32,21 @@ RGB-D directory (``--source rgbd DIR``): ``DIR/rgbd.yaml`` (or ``--rgbd-config``
 (m per depth unit, 0.001 for millimetre PNGs) and optional ``native_pixel_pitch``,
 ``focal_length``.  A folder laid out like ``real_dfd_indoor_train`` (``pairs.csv``,
 ``rgb_f8/``, ``depth/``) needs no YAML.
+
+Split sources (``--source real_dfd|rgbd_7scenes [DIR] --split train|val|test``, default
+test; DIR defaults to ``../shared/data/<dataset>``): the scenes of one split of
+:mod:`ddfs_ros.data_splits`, every one of them unless ``--stacks`` / ``--select`` (a slice
+over the split's scenes) ask for fewer.  Without ``--camera`` each uses its preset:
+
+- ``real_dfd_sweep``: the data's own camera (Nikon D200, 35 mm, f/2.8, 36 um at 645 px,
+  scaled to the output width), 256 x 172 (the 645 x 432 aspect), 5 frames uniform in
+  dioptres over the scene's 5th-95th depth percentile; rendered from the f/8 image.
+- ``rgbd_7scenes``: 256 x 192 (the 640 x 480 aspect), a 35 mm f/1.8 lens whose pixel
+  pitch is f / fx with fx from the data's ``camera-intrinsics.txt`` (585 px at 640 px:
+  59.8 um there, 150 um at 256 px, a full-frame sensor), so CameraInfo K and the lens
+  agree; the largest blur over a 1-3 m sweep is about 3 px at 256 px.  The depth
+  camera's holes (0 = no reading) are filled from the background side
+  (:func:`ddfs_ros.scenes.fill_depth_holes`) for rendering only: ``depth_gt`` is NaN there.
 """
 from __future__ import annotations
 
@@ -40,6 +57,7 @@ import logging
 import math
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -63,7 +81,18 @@ CAMERA_PRESETS = {
     'real_dfd': {'width': 256, 'height': 256, 'focal_length': 0.035, 'f_number': 2.8,
                  'native_pixel_pitch': 36e-6, 'focus_distances': [1.0, 1.3, 1.7, 2.7, 6.0],
                  'rate': 1.0, 'noise': True},
+    # the same camera, non-square (645 x 432 aspect), a focus sweep over each scene's depth range
+    'real_dfd_sweep': {'width': 256, 'height': 172, 'focal_length': 0.035, 'f_number': 2.8,
+                       'native_pixel_pitch': 36e-6, 'focus_distances': [0.0], 'focus_count': 5,
+                       'focus_spacing': 'dioptre', 'rate': 1.0, 'noise': True},
+    # 7-Scenes frames (640 x 480): 35 mm f/1.8 with the pitch f / fx of the data's K (set on loading)
+    'rgbd_7scenes': {'width': 256, 'height': 192, 'focal_length': 0.035, 'f_number': 1.8,
+                     'pixel_pitch': None, 'focus_distances': [0.0], 'focus_count': 5,
+                     'focus_spacing': 'dioptre', 'rate': 1.0, 'noise': True},
 }
+#: Sources whose scenes come from a split of :mod:`ddfs_ros.data_splits` -> (data folder, default camera).
+SPLIT_SOURCES = {'real_dfd': ('real_dfd_indoor_train', 'real_dfd_sweep'),
+                 'rgbd_7scenes': ('rgbd_7scenes', 'rgbd_7scenes')}
 
 
 @dataclass
@@ -157,12 +186,17 @@ def _flatten_ros_params(doc: dict) -> dict:
 # --------------------------------------------------------------------------- scenes
 @dataclass
 class SceneImage:
-    """All-in-focus RGB (H x W x 3 float [0,1]), depth (H x W m, NaN unknown), name, published pitch."""
+    """All-in-focus RGB (H x W x 3 float [0,1]), depth (H x W m, NaN unknown), name, published pitch.
+
+    ``render_depth``: H x W m without holes, for the renderer where ``depth`` has unknown
+    pixels (None: the renderer fills them from the nearest known pixel).
+    """
 
     rgb: np.ndarray
     depth: np.ndarray
     name: str
     pitch: float
+    render_depth: Optional[np.ndarray] = None
 
 
 def _to_float_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -175,12 +209,18 @@ def _to_float_rgb(rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def fit_to_camera(rgb: np.ndarray, depth: np.ndarray, cam: CameraConfig, name: str) -> SceneImage:
-    """Centre-crop to the camera's aspect ratio and resize (area for RGB, nearest for depth)."""
+def fit_to_camera(rgb: np.ndarray, depth: np.ndarray, cam: CameraConfig, name: str,
+                  render_depth: Optional[np.ndarray] = None) -> SceneImage:
+    """Centre-crop to the camera's aspect ratio and resize (area for RGB, nearest for depth).
+
+    ``render_depth`` (H x W m, hole-free, optional) is cropped and resized like ``depth``.
+    """
     import cv2
     rgb = _to_float_rgb(rgb)
     depth = np.asarray(depth, dtype=np.float32)
     H, W = depth.shape
+    if render_depth is not None:
+        render_depth = fit_to_camera(rgb, render_depth, cam, name).depth
     want = cam.width / float(cam.height)
     if W / H > want:
         cw, ch = int(round(H * want)), H
@@ -208,9 +248,10 @@ def parse_select(text: Optional[str]) -> slice:
 
 def iter_scenes(source: str, cam: CameraConfig, count: int, rgbd_dir: Optional[str] = None,
                 rgbd_config: Optional[str] = None, seed: int = 0,
-                select: Optional[str] = None) -> Iterator[SceneImage]:
+                select: Optional[str] = None, split: str = 'test') -> Iterator[SceneImage]:
     """``count`` scenes of ``source`` (motorcycle: the same scene each time; rgbd: the pairs in
-    order, restricted to ``select``, a slice such as '0::8')."""
+    order, restricted to ``select``, a slice such as '0::8'; real_dfd / rgbd_7scenes: the scenes
+    of ``split``, restricted to ``select``, a slice over them)."""
     from .. import scenes
     if source == 'motorcycle':
         rgb, depth, name = _scene_arrays(scenes.motorcycle_scene(max(cam.height, cam.width)))
@@ -223,6 +264,16 @@ def iter_scenes(source: str, cam: CameraConfig, count: int, rgbd_dir: Optional[s
             rgb, depth, name = _scene_arrays(scenes.procedural_scene(rng, max(cam.height, cam.width),
                                                                     tuple(cam.depth_range)))
             yield fit_to_camera(rgb, depth, cam, name or 'procedural')
+    elif source in SPLIT_SOURCES:
+        sel = parse_select(select)
+        scenes_of = _real_dfd_split_scenes if source == 'real_dfd' else _rgbd_7scenes_split_scenes
+        items = list(scenes_of(Path(rgbd_dir) if rgbd_dir else None, split))[sel]
+        for load in items[:count]:
+            rgb, depth, render_depth, name, fx_px = load()
+            if fx_px and not cam.native_pixel_pitch and not cam.pixel_pitch:
+                # no pitch given: the one that makes the lens agree with the data's K (f = fx * p)
+                cam.native_pixel_pitch = float(cam.focal_length) / fx_px
+            yield fit_to_camera(rgb, depth, cam, name, render_depth)
     elif source == 'rgbd':
         if not rgbd_dir:
             raise ValueError('--source rgbd needs a directory')
@@ -237,6 +288,47 @@ def iter_scenes(source: str, cam: CameraConfig, count: int, rgbd_dir: Optional[s
                 n += 1
     else:
         raise ValueError(f'unknown source {source!r}')
+
+
+def _real_dfd_split_scenes(root: Optional[Path], split: str) -> list:
+    """Loaders of the real_dfd scenes of ``split``, each giving (rgb, depth m, None, name, None):
+    the f/8 image and the data's own (hole-filled) depth; only the files loaded are read."""
+    from .. import data_splits
+    root = root or data_splits.SHARED_DATA / 'real_dfd_indoor_train'
+    if not (root / 'pairs.csv').is_file():
+        raise FileNotFoundError(f'{root}: no pairs.csv (real_dfd_indoor_train, see ../shared/data/README.md)')
+    with open(root / 'pairs.csv', newline='') as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get('status', 'ok') == 'ok']   # as scenes.real_dfd_scenes
+    return [partial(_real_dfd_item, root, r) for i, r in enumerate(rows) if data_splits.real_dfd_split(i) == split]
+
+
+def _real_dfd_item(root: Path, row: dict) -> tuple:
+    from .. import scenes
+    sc = scenes.load_rgbd(root / 'rgb_f8' / row['rgb_file'], root / 'depth' / row['depth_file'], 0.001)
+    return np.asarray(sc.rgb), np.asarray(sc.depth_m, dtype=np.float32), None, sc.name, None
+
+
+def _rgbd_7scenes_split_scenes(root: Optional[Path], split: str) -> list:
+    """Loaders of the 7-Scenes frames of ``split``, each giving (rgb, depth m with NaN holes,
+    hole-filled depth for the renderer, name, fx in px at the files' 640 px width)."""
+    from .. import data_splits
+    root = root or data_splits.SHARED_DATA / 'rgbd_7scenes'
+    frames = data_splits.rgbd_7scenes_frames(split, root)
+    if not frames:
+        raise FileNotFoundError(f'{root}: no rgbd_7scenes frames of split {split!r}')
+    K = np.loadtxt(root / 'camera-intrinsics.txt')
+    fx = float(K[0, 0])
+    return [partial(_rgbd_7scenes_item, root, f, fx) for f in frames]
+
+
+def _rgbd_7scenes_item(root: Path, frame: int, fx_px: float) -> tuple:
+    from .. import scenes
+    sc = scenes.load_rgbd(root / f'frame-{frame:06d}.color.jpg', root / f'frame-{frame:06d}.depth.png', 0.001,
+                          fill_holes=False, fx_px=fx_px)
+    depth = np.asarray(sc.depth_m, dtype=np.float32)             # NaN where the sensor gave 0
+    # holes are mostly occlusions: fill from the farther side, for the renderer only
+    filled = scenes.fill_depth_holes(depth)
+    return np.asarray(sc.rgb), depth, filled, sc.name, fx_px
 
 
 def _rgbd_pairs(root: Path, config: Optional[str], cam: CameraConfig) -> Iterator[tuple]:
@@ -281,8 +373,10 @@ def make_bag(out, source: str, cam: CameraConfig, stacks: int, storage: str = 'm
              namespace: str = DEFAULT_NAMESPACE, rgbd_dir: Optional[str] = None,
              rgbd_config: Optional[str] = None, with_gt: bool = True, seed: Optional[int] = None,
              start_ns: int = START_STAMP_NS, progress: bool = False, keep: Optional[list] = None,
-             select: Optional[str] = None) -> dict:
+             select: Optional[str] = None, split: str = 'test') -> dict:
     """Render ``stacks`` focal stacks of ``source`` with camera ``cam`` into a new bag at ``out``.
+
+    ``split`` picks the scenes of the split sources (:data:`SPLIT_SOURCES`).
 
     Returns a summary dict (path, stacks, storage, lens, focus schedules).  When ``keep``
     is a list, every written ``(FocalStack, depth_gt)`` is appended to it.
@@ -293,7 +387,7 @@ def make_bag(out, source: str, cam: CameraConfig, stacks: int, storage: str = 'm
     period_ns = int(round(1e9 / float(cam.rate))) if cam.rate > 0 else 1_000_000_000
     noise = cam.noise_model()
     written, schedules = 0, []
-    scenes_it = iter_scenes(source, cam, stacks, rgbd_dir, rgbd_config, seed, select)
+    scenes_it = iter_scenes(source, cam, stacks, rgbd_dir, rgbd_config, seed, select, split)
     if progress:
         from tqdm import tqdm
         scenes_it = tqdm(scenes_it, total=stacks, desc='rendering', unit='stack', leave=False)
@@ -302,7 +396,9 @@ def make_bag(out, source: str, cam: CameraConfig, stacks: int, storage: str = 'm
         for k, sc in enumerate(scenes_it):
             depth = np.where(np.isfinite(sc.depth) & (sc.depth > 0), sc.depth, np.nan).astype(np.float32)
             render_depth = depth
-            if not np.isfinite(depth).all():
+            if sc.render_depth is not None:
+                render_depth = np.asarray(sc.render_depth, dtype=np.float32)   # the source's own hole filling
+            elif not np.isfinite(depth).all():
                 # the renderer needs a depth everywhere: fill unknown pixels with the nearest known one
                 from scipy import ndimage
                 idx = ndimage.distance_transform_edt(~np.isfinite(depth), return_distances=False,
@@ -331,15 +427,20 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser('make', help='render an evaluation bag from RGB-D data')
     m.add_argument('out', help='output bag folder (must not exist)')
     m.add_argument('--source', nargs='+', required=True, metavar=('SOURCE', 'DIR'),
-                   help='motorcycle | procedural | rgbd DIR')
-    m.add_argument('--camera', default=None, help='camera YAML or preset (motorcycle, real_dfd); '
-                   'default: motorcycle')
-    m.add_argument('--stacks', type=int, default=3, help='number of stacks (rgbd: at most one per pair)')
+                   help='motorcycle | procedural | rgbd DIR | real_dfd [DIR] | rgbd_7scenes [DIR]')
+    m.add_argument('--split', choices=('train', 'val', 'test'), default='test',
+                   help='real_dfd / rgbd_7scenes: which split of ddfs_ros.data_splits (default test)')
+    m.add_argument('--camera', default=None, help='camera YAML or preset (motorcycle, real_dfd, real_dfd_sweep, '
+                   'rgbd_7scenes); default: motorcycle, or the split source\'s own preset')
+    m.add_argument('--stacks', type=int, default=None,
+                   help='number of stacks (default 3; real_dfd / rgbd_7scenes: every scene of the split; '
+                        'rgbd: at most one per pair)')
     m.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap')
     m.add_argument('--namespace', default=DEFAULT_NAMESPACE)
     m.add_argument('--rgbd-config', default=None, help='YAML describing the RGB-D folder (default DIR/rgbd.yaml)')
     m.add_argument('--select', default=None, metavar='START:STOP:STEP',
-                   help="rgbd: which pairs, as a Python slice (e.g. '0::8': every 8th)")
+                   help="rgbd: which pairs, as a Python slice (e.g. '0::8': every 8th); "
+                        'real_dfd / rgbd_7scenes: a slice over the split\'s scenes')
     m.add_argument('--focus', default=None, help='comma-separated focus distances (m), overrides the camera')
     m.add_argument('--f-number', type=float, default=None, help='override the camera f-number')
     m.add_argument('--size', default=None, help='WxH of the published frames, overrides the camera')
@@ -375,8 +476,9 @@ def apply_overrides(cam: CameraConfig, args) -> CameraConfig:
 def cmd_make(args) -> int:
     source = args.source[0]
     rgbd_dir = args.source[1] if len(args.source) > 1 else None
-    if source not in ('motorcycle', 'procedural', 'rgbd'):
-        print(f'ddfs-bag: unknown source {source!r} (motorcycle | procedural | rgbd DIR)', file=sys.stderr)
+    if source not in ('motorcycle', 'procedural', 'rgbd', *SPLIT_SOURCES):
+        print(f'ddfs-bag: unknown source {source!r} (motorcycle | procedural | rgbd DIR | real_dfd [DIR] | '
+              'rgbd_7scenes [DIR])', file=sys.stderr)
         return 2
     if source == 'rgbd' and not rgbd_dir:
         print('ddfs-bag: --source rgbd needs a directory: --source rgbd DIR', file=sys.stderr)
@@ -384,10 +486,16 @@ def cmd_make(args) -> int:
     if Path(args.out).exists():
         print(f'ddfs-bag: {args.out} exists; rosbag2 bags are written to a new folder', file=sys.stderr)
         return 2
-    cam = apply_overrides(load_camera(args.camera), args)
-    summary = make_bag(args.out, source, cam, args.stacks, args.storage, args.namespace, rgbd_dir,
-                       args.rgbd_config, with_gt=not args.no_gt, seed=args.seed, progress=sys.stderr.isatty(),
-                       select=args.select)
+    camera = args.camera or (SPLIT_SOURCES[source][1] if source in SPLIT_SOURCES else None)
+    cam = apply_overrides(load_camera(camera), args)
+    stacks = args.stacks if args.stacks is not None else (10 ** 6 if source in SPLIT_SOURCES else 3)
+    try:
+        summary = make_bag(args.out, source, cam, stacks, args.storage, args.namespace, rgbd_dir,
+                           args.rgbd_config, with_gt=not args.no_gt, seed=args.seed,
+                           progress=sys.stderr.isatty() and stacks < 10 ** 6, select=args.select, split=args.split)
+    except FileNotFoundError as exc:
+        print(f'ddfs-bag: {exc}', file=sys.stderr)
+        return 2
     lens = summary['lens'] or {}
     print(f"wrote {summary['stacks']} stacks to {summary['path']} ({summary['storage']}, namespace "
           f"{summary['namespace']}); f = {lens.get('focal_length', 0) * 1e3:.1f} mm, N = {lens.get('f_number')}, "
