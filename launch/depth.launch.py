@@ -9,14 +9,61 @@ parameters come from ``camera_params`` / ``inference_params`` (default the packa
 config/camera.yaml and config/inference.yaml), and the launch arguments below
 override single values.  Fast DDS gets the package's 16 MB shared-memory profile
 (config/fastdds.xml) through FASTRTPS_DEFAULT_PROFILES_FILE.
+
+Failure behaviour (issue 12):
+- ``rviz:=true`` without rviz2 installed: a warning, and the launch goes on without it.
+  The check runs before any node starts, so nothing is left behind by a launch that
+  cannot resolve ``rviz2``.
+- ``capture_node`` and ``inference_node`` are both required: when either exits (wrong
+  ``engine:=``, bad parameter, crash), the launch logs which one and its exit code and
+  shuts down, stopping the other one too.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
-from launch.conditions import IfCondition
+from launch.actions import (DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, SetEnvironmentVariable,
+                            Shutdown)
+from launch.event_handlers import OnProcessExit
+from launch.logging import get_logger
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
-from launch_ros.substitutions import FindPackageShare
+from launch_ros.substitutions import FindPackagePrefix, FindPackageShare
+
+
+def exit_reason(name: str, returncode) -> str:
+    """The log line and Shutdown reason when required node ``name`` exits with ``returncode``."""
+    how = 'exited normally' if returncode == 0 else f'exited with code {returncode}'
+    hint = ' (its FATAL line above says why)' if returncode not in (0, None) else ''
+    return f'required node {name} {how}{hint}; shutting down the launch'
+
+
+def rviz_missing_reason(error: Exception) -> str:
+    """Warning when ``rviz:=true`` but the rviz2 package cannot be found."""
+    return (f'rviz:=true, but rviz2 is not installed ({error}); starting without it. '
+            'Install it (apt install ros-$ROS_DISTRO-rviz2) or use rviz:=false.')
+
+
+def _rviz(context, config, sim_time):
+    """rviz2 when asked for and installed; a warning instead of a launch that dies half-started."""
+    if LaunchConfiguration('rviz').perform(context) != 'true':
+        return []
+    try:
+        FindPackagePrefix('rviz2').perform(context)
+    except Exception as e:  # noqa: BLE001 - PackageNotFoundError and friends from ament_index
+        get_logger('depth.launch').warning(rviz_missing_reason(e))
+        return []
+    return [Node(package='rviz2', executable='rviz2', name='rviz2', output='screen',
+                 arguments=['-d', PathJoinSubstitution([config, 'depth.rviz'])],
+                 parameters=[{'use_sim_time': sim_time}])]
+
+
+def _shutdown_when_exits(node: Node, name: str) -> RegisterEventHandler:
+    def on_exit(event, context):
+        if getattr(context, 'is_shutdown', False):
+            return None              # the launch is already stopping (Ctrl-C): nothing to add
+        reason = exit_reason(name, getattr(event, 'returncode', None))
+        get_logger('depth.launch').error(reason)
+        return [Shutdown(reason=reason)]
+    return RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_exit))
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -53,12 +100,12 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[LaunchConfiguration('inference_params'),
                     {'engine': LaunchConfiguration('engine'), 'backend': LaunchConfiguration('backend'),
                      'use_sim_time': sim_time}])
-    rviz = Node(
-        package='rviz2', executable='rviz2', name='rviz2', output='screen',
-        arguments=['-d', PathJoinSubstitution([config, 'depth.rviz'])],
-        parameters=[{'use_sim_time': sim_time}],
-        condition=IfCondition(LaunchConfiguration('rviz')))
     return LaunchDescription(args + [
         SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE', LaunchConfiguration('fastdds_profile')),
-        capture, inference, rviz,
+        # Checks first, processes last: a launch that fails while resolving an action must
+        # not have started (and orphaned) the nodes already.
+        OpaqueFunction(function=_rviz, args=[config, sim_time]),
+        _shutdown_when_exits(capture, 'capture_node'),
+        _shutdown_when_exits(inference, 'inference_node'),
+        capture, inference,
     ])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def test_launch_description_loads_with_real_launch():
     names = {e.name for e in ld.entities if isinstance(e, DeclareLaunchArgument)}
     assert ARGS <= names
     execs = {e.node_executable for e in ld.entities if isinstance(e, Node)}
-    assert {'capture_node', 'inference_node', 'rviz2'} <= execs
+    assert {'capture_node', 'inference_node'} <= execs        # rviz2 comes from an OpaqueFunction (checked)
 
 
 def test_rviz_config_shows_stack_depth_uncertainty_colorized_and_cloud():
@@ -96,3 +97,122 @@ def test_package_installs_launch_config_and_wrappers():
     for exe in ('capture_node', 'inference_node'):
         wrapper = (ROOT / 'resource' / 'lib' / exe).read_text()
         assert f'ddfs_{exe}' in wrapper
+
+
+# -- the launch logic without launch installed: fake modules record what the file builds ----
+class _Recorded:
+    """Stands in for every launch/launch_ros class: keeps its arguments."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+class _Perform(_Recorded):
+    """A substitution whose ``perform(context)`` reads the fake context."""
+
+    def perform(self, context):
+        return context.values[self.args[0]]
+
+
+class _FindPackagePrefix(_Recorded):
+    def perform(self, context):
+        if self.args[0] not in context.installed:
+            raise LookupError(f"package '{self.args[0]}' not found")
+        return '/opt/ros/jazzy'
+
+
+class _Context:
+    def __init__(self, values=None, installed=(), is_shutdown=False):
+        self.values = values or {}
+        self.installed = set(installed)
+        self.is_shutdown = is_shutdown
+
+
+class _Logger:
+    def __init__(self):
+        self.lines = []
+
+    def warning(self, msg):
+        self.lines.append(('warning', msg))
+
+    def error(self, msg):
+        self.lines.append(('error', msg))
+
+
+def _fake_launch_modules(logger):
+    import types
+
+    def mod(name, **attrs):
+        m = types.ModuleType(name)
+        m.__dict__.update(attrs)
+        return m
+
+    def cls(name, base=_Recorded):
+        return type(name, (base,), {})
+
+    return {
+        'launch': mod('launch', LaunchDescription=cls('LaunchDescription')),
+        'launch.actions': mod('launch.actions', **{n: cls(n) for n in (
+            'DeclareLaunchArgument', 'OpaqueFunction', 'RegisterEventHandler', 'SetEnvironmentVariable',
+            'Shutdown')}),
+        'launch.event_handlers': mod('launch.event_handlers', OnProcessExit=cls('OnProcessExit')),
+        'launch.logging': mod('launch.logging', get_logger=lambda name: logger),
+        'launch.substitutions': mod('launch.substitutions', LaunchConfiguration=cls('LaunchConfiguration', _Perform),
+                                    PathJoinSubstitution=cls('PathJoinSubstitution')),
+        'launch_ros': mod('launch_ros'),
+        'launch_ros.actions': mod('launch_ros.actions', Node=cls('Node')),
+        'launch_ros.parameter_descriptions': mod('launch_ros.parameter_descriptions',
+                                                 ParameterValue=cls('ParameterValue')),
+        'launch_ros.substitutions': mod('launch_ros.substitutions', FindPackagePrefix=_FindPackagePrefix,
+                                        FindPackageShare=cls('FindPackageShare')),
+    }
+
+
+@pytest.fixture
+def fake_launch(monkeypatch):
+    logger = _Logger()
+    for name, module in _fake_launch_modules(logger).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location('depth_launch_fake', LAUNCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ld = mod.generate_launch_description()
+    entities = ld.args[0]
+    kinds = [type(e).__name__ for e in entities]
+    return mod, entities, kinds, logger
+
+
+def test_launch_shuts_down_when_a_required_node_exits(fake_launch):
+    mod, entities, kinds, logger = fake_launch
+    nodes = {e.kwargs['executable']: e for e in entities if type(e).__name__ == 'Node'}
+    assert set(nodes) == {'capture_node', 'inference_node'}
+    handlers = [e.args[0] for e in entities if type(e).__name__ == 'RegisterEventHandler']
+    watched = {h.kwargs['target_action'].kwargs['executable']: h.kwargs['on_exit'] for h in handlers}
+    assert set(watched) == {'capture_node', 'inference_node'}
+    for e in handlers:
+        assert any(e.kwargs['target_action'] is n for n in nodes.values())
+    # a wrong engine:= -> inference_node exits 1 -> the launch shuts down, saying why
+    event = type('ProcessExited', (), {'returncode': 1})()
+    actions = watched['inference_node'](event, _Context())
+    assert [type(a).__name__ for a in actions] == ['Shutdown']
+    reason = actions[0].kwargs['reason']
+    assert 'inference_node' in reason and 'code 1' in reason
+    assert ('error', reason) in logger.lines
+    # during a Ctrl-C the exits are expected: no extra shutdown, no error line
+    logger.lines.clear()
+    assert watched['capture_node'](event, _Context(is_shutdown=True)) is None and not logger.lines
+
+
+def test_launch_checks_rviz_before_starting_the_nodes(fake_launch):
+    mod, entities, kinds, logger = fake_launch
+    i_check = kinds.index('OpaqueFunction')
+    assert i_check < min(i for i, k in enumerate(kinds) if k == 'Node')
+    check = entities[i_check]
+    fn, args = check.kwargs['function'], check.kwargs['args']
+    assert fn(_Context({'rviz': 'false'}), *args) == []
+    # rviz:=true on a machine without rviz2: a warning and no rviz node, not a dead launch
+    assert fn(_Context({'rviz': 'true'}), *args) == []
+    (level, text), = logger.lines
+    assert level == 'warning' and 'rviz2 is not installed' in text and 'rviz:=false' in text
+    started = fn(_Context({'rviz': 'true'}, installed={'rviz2'}), *args)
+    assert [(n.kwargs['package'], n.kwargs['executable']) for n in started] == [('rviz2', 'rviz2')]

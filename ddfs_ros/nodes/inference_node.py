@@ -190,6 +190,7 @@ class InferenceNode(Node):
             if 'processing_width' in values:
                 self.pipeline.processing_width = int(values['processing_width'])
             if 'upsample' in values:
+                DepthPipeline(self.engine, upsample=values['upsample'])          # validates
                 self.pipeline.upsample = values['upsample']
         except (ValueError, TypeError) as e:
             return SetParametersResult(successful=False, reason=str(e))
