@@ -76,6 +76,10 @@ CAMERA_PRESETS = {
     'motorcycle': {'width': 256, 'height': 256, 'focal_length': 0.025, 'f_number': 2.0, 'pixel_pitch': 21e-6,
                    'focus_distances': [0.0], 'focus_count': 5, 'focus_spacing': 'dioptre', 'rate': 1.0,
                    'noise': True},
+    # the motorcycle camera's sensor at 640 x 480 (VGA, 4:3): the pitch scaled by 256 / 640
+    'motorcycle_vga': {'width': 640, 'height': 480, 'focal_length': 0.025, 'f_number': 2.0,
+                       'pixel_pitch': 21e-6 * 256 / 640, 'focus_distances': [0.0], 'focus_count': 5,
+                       'focus_spacing': 'dioptre', 'rate': 1.0, 'noise': True},
     # real_dfd_indoor_train's camera: Nikon D200, 35 mm, images at 645 x 432 with ~36 um pitch,
     # focus plane 1.7 m; rendered at f/2.8 (its wide aperture) with focus distances around 1.7 m.
     'real_dfd': {'width': 256, 'height': 256, 'focal_length': 0.035, 'f_number': 2.8,
