@@ -491,6 +491,58 @@ def test_capture_node_with_missing_camera_reports_and_publishes_nothing(ros):
         _remove(executor, cap, col)
 
 
+def test_missing_v4l2_device_is_retried_one_at_a_time_with_hold_off():
+    from ddfs_ros.cameras import CameraError
+    from ddfs_ros.cameras.v4l2 import V4L2Camera
+    opens, warnings, now = [], [], [0.0]
+
+    class Closed:
+        def isOpened(self):
+            return False
+
+        def release(self):
+            pass
+
+    class Log:
+        def warning(self, text):
+            warnings.append(text)
+
+    cam = V4L2Camera('/dev/video_gone', 32, 24, retries=3, backoff_s=0.0, backoff_max_s=4.0,
+                     capture_factory=lambda dev, api: opens.append(dev) or Closed(), logger=Log(),
+                     clock=lambda: now[0])
+    cam._hold_s = 1.0                        # first hold-off 1 s (backoff_s = 0 keeps the test fast)
+    with pytest.raises(CameraError, match='gave up after 3 attempts'):
+        cam.capture_sweep([0.5, 1.0])
+    assert len(opens) == 3 and len(warnings) == 2 and all('/dev/video_gone' in w for w in warnings)
+    for t in (0.1, 0.5, 0.9):                # the node's timer keeps ticking: no device access
+        now[0] = t
+        with pytest.raises(CameraError, match='next attempt in'):
+            cam.capture_sweep([0.5, 1.0])
+    assert len(opens) == 3
+    now[0] = 1.01
+    with pytest.raises(CameraError):
+        cam.capture_sweep([0.5, 1.0])
+    assert len(opens) == 6 and cam._hold_until == pytest.approx(1.01 + 2.0)   # hold-off doubled
+
+
+@pytest.mark.slow
+def test_missing_v4l2_device_does_not_flood_the_log():
+    p = _spawn(['-m', 'ddfs_ros.nodes.capture_node', '--ros-args', '-r', '__ns:=/t12', '-p', 'camera:=v4l2',
+                '-p', 'device:=/dev/video_missing_12', '-p', 'rate:=20.0', '-p', 'retries:=3', '-p', 'backoff:=0.05',
+                '-p', 'focus_distances:=[0.2, 0.5, 1.0]', '-p', 'focal_length:=0.004', '-p', 'width:=32',
+                '-p', 'height:=24'])
+    time.sleep(8.0)
+    p.send_signal(signal.SIGINT)
+    text = p.communicate(timeout=30)[0]
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert p.returncode == 0, text
+    # every line is a ROS log line (severity, time, node name), none is OpenCV's or Python logging's
+    assert all(ln.startswith(('[INFO]', '[WARN]', '[ERROR]')) and 'capture_node]' in ln for ln in lines), text
+    about = [ln for ln in lines if 'video_missing_12' in ln]
+    print(f'missing device, 8 s at 20 Hz: {len(about)} log lines')
+    assert 1 <= len(about) <= 10, text          # throttled: sweep errors every 2 s, retries every 5 s
+
+
 def test_inference_yaml_keys_are_declared(t1):
     import yaml
     node = t1[0]

@@ -10,10 +10,16 @@
 - A missing or unplugged device, a rejected focus control or a failed read raise
   :class:`CameraError`; :meth:`capture_sweep` retries with exponential back-off
   (closing and reopening the device) and never returns a partial sweep.
+- Quiet when the device is gone (issue 12, item 5): one open attempt at a time (a lock
+  around sweep and close); after a sweep gives up, further sweeps fail at once without
+  touching the device until the back-off (doubling up to ``backoff_max_s``) has passed;
+  retry messages go to the ``logger`` given (the node passes its throttled ROS logger);
+  OpenCV's own log level is lowered to errors, so its per-attempt warnings are gone.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -25,6 +31,16 @@ from ..optics import LensModel
 from .base import CameraError, FocusCamera, Sweep
 
 log = logging.getLogger(__name__)
+
+
+def quiet_opencv() -> None:
+    """OpenCV logs a WARN per failed open (from its own threads, outside ROS logging); the
+    camera reports failures itself, so only OpenCV errors are kept.  Process-wide."""
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:                 # builds without cv2.utils.logging
+        if hasattr(cv2, 'setLogLevel'):
+            cv2.setLogLevel(2)             # 2 = error in OpenCV's numbering
 
 
 @dataclass
@@ -90,12 +106,15 @@ class V4L2Camera(FocusCamera):
         retries: sweep attempts before :class:`CameraError` reaches the caller.
         backoff_s, backoff_max_s: first and largest wait between attempts (doubling).
         capture_factory: ``(device, api) -> VideoCapture``; OpenCV's by default.
+        logger: anything with ``warning(str)`` for retry messages; this module's logger by default.
+        clock: monotonic time source (s), for the reopen hold-off (tests pass a fake).
     """
 
     def __init__(self, device: str | int = '/dev/video0', width: int = 640, height: int = 480,
                  calibration=((0, 0.1), (255, 2.0)), focal_length_m: float = 0.004, f_number: float = 2.0,
                  pixel_pitch_m: float = 3e-6, settle_frames: int = 3, retries: int = 3, backoff_s: float = 0.5,
-                 backoff_max_s: float = 8.0, capture_factory: Optional[Callable] = None) -> None:
+                 backoff_max_s: float = 8.0, capture_factory: Optional[Callable] = None, logger=None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.device = device
         self.width, self.height = int(width), int(height)
         self.lens = LensModel(focal_length_m, f_number, pixel_pitch_m)
@@ -108,6 +127,13 @@ class V4L2Camera(FocusCamera):
         self.capture_factory = capture_factory or cv2.VideoCapture
         self.cap = None
         self.failures = 0
+        self.log = logger if logger is not None else log
+        self._clock = clock
+        self._lock = threading.Lock()          # one open/sweep/close at a time
+        self._hold_until = 0.0                 # no device access before this (monotonic s)
+        self._hold_s = self.backoff_s          # current hold-off after a failed sweep (s)
+        self._last_error: Optional[str] = None
+        quiet_opencv()
 
     def _device_arg(self):
         if isinstance(self.device, int) or (isinstance(self.device, str) and self.device.isdigit()):
@@ -126,10 +152,15 @@ class V4L2Camera(FocusCamera):
         cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)      # fewer stale frames after a focus change
         if not cap.set(cv2.CAP_PROP_AUTOFOCUS, 0):
-            log.warning('camera %s did not accept autofocus=0; focus control may fight the autofocus', self.device)
+            self.log.warning(f'camera {self.device} did not accept autofocus=0; focus control may fight the '
+                             'autofocus')
         self.cap = cap
 
     def close(self) -> None:
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
         if self.cap is not None:
             self.cap.release()
             self.cap = None
@@ -167,20 +198,34 @@ class V4L2Camera(FocusCamera):
         return Sweep(frames=np.stack(frames), focus_m=np.asarray(actual, dtype=np.float64))
 
     def capture_sweep(self, focus_m, f_numbers=None) -> Sweep:
-        """One full sweep, retried with back-off; :class:`CameraError` after ``retries`` attempts."""
+        """One full sweep, retried with back-off; :class:`CameraError` after ``retries`` attempts.
+
+        After a sweep gives up, calls during the hold-off raise :class:`CameraError` at
+        once, without opening the device (the caller's timer keeps ticking; the device
+        is tried again when the hold-off is over).
+        """
         focus = np.asarray(focus_m, dtype=np.float64)
-        wait = self.backoff_s
-        last: Optional[Exception] = None
-        for attempt in range(1, self.retries + 1):
-            try:
-                return self._sweep_once(focus)
-            except (CameraError, cv2.error) as e:
-                last = e
-                self.failures += 1
-                self.close()
-                if attempt < self.retries:
-                    log.warning('camera %s: %s; retry %d/%d in %.2f s', self.device, e, attempt,
-                                self.retries - 1, wait)
-                    time.sleep(wait)
-                    wait = min(wait * 2.0, self.backoff_max_s)
-        raise CameraError(f'{last} (gave up after {self.retries} attempts)')
+        with self._lock:
+            now = self._clock()
+            if now < self._hold_until:
+                raise CameraError(f'{self._last_error} (next attempt in {self._hold_until - now:.1f} s)')
+            wait = self.backoff_s
+            last: Optional[Exception] = None
+            for attempt in range(1, self.retries + 1):
+                try:
+                    sweep = self._sweep_once(focus)
+                    self._hold_s = self.backoff_s
+                    return sweep
+                except (CameraError, cv2.error) as e:
+                    last = e
+                    self.failures += 1
+                    self._release()
+                    if attempt < self.retries:
+                        self.log.warning(f'camera {self.device}: {e}; retry {attempt}/{self.retries - 1} in '
+                                         f'{wait:.2f} s')
+                        time.sleep(wait)
+                        wait = min(wait * 2.0, self.backoff_max_s)
+            self._last_error = f'{last} (gave up after {self.retries} attempts)'
+            self._hold_until = self._clock() + self._hold_s
+            self._hold_s = min(self._hold_s * 2.0, self.backoff_max_s)
+            raise CameraError(self._last_error)

@@ -34,6 +34,18 @@ except ImportError:
     DiagnosticArray = None
 
 
+class _ThrottledWarnings:
+    """``warning(text)`` through the node's ROS logger (severity, name, /rosout), at most one
+    line per ``period_s`` seconds: a missing camera must not flood the log."""
+
+    def __init__(self, node: Node, period_s: float = 5.0) -> None:
+        self._logger = node.get_logger()
+        self._period_s = period_s
+
+    def warning(self, text: str) -> None:
+        self._logger.warning(text, throttle_duration_sec=self._period_s)
+
+
 class CaptureNode(Node):
     """Focus-sweep publisher; see the module docstring."""
 
@@ -121,7 +133,7 @@ class CaptureNode(Node):
             return make_camera('v4l2', device=p('device'), width=p('width'), height=p('height'), calibration=cal,
                                focal_length_m=p('focal_length'), f_number=p('f_number'),
                                pixel_pitch_m=p('pixel_pitch'), settle_frames=p('settle_frames'),
-                               retries=p('retries'), backoff_s=p('backoff'))
+                               retries=p('retries'), backoff_s=p('backoff'), logger=_ThrottledWarnings(self))
         noise = None
         if p('noise'):
             noise = {'full_well': p('noise_full_well'), 'read_noise': p('noise_read_noise')}
