@@ -6,14 +6,16 @@ Input: a focal stack of the built-in real scene (Middlebury motorcycle) rendered
 ``ddfs_ros.render`` (RGB, F frames, focus uniform in dioptres over the scene).
 Times, on the same input and the same machine:
 - the reference loop (``bench.reference``: skimage Wiener per frame, hypothesis and
-  channel + scipy Gaussian), once (it takes seconds);
+  channel + scipy Gaussian), once in float64 (the accuracy reference) and once in
+  float32 (the precision the project computes in: the like-for-like speedup);
 - the project's ``CostVolume`` with its filter bank cached (steady state, as in the
   node: median of ``--repeat`` runs) and cold (first call, building the filters);
 - the D * F * C inverse FFTs alone, in the same chunks and buffers the cost volume
   uses: the work no implementation of the method can avoid (interleaved with the
   cost-volume runs so that load from other processes affects both alike).
-Last line: ``cost_volume speedup_vs_reference=<x> fft_fraction=<f> max_abs_diff=<y>
-ms_per_stack=<z> device=<cpu|cuda>``.
+Last line: ``cost_volume speedup_vs_reference=<x> speedup_vs_reference_f32=<x32>
+fft_fraction=<f> max_abs_diff=<y> ms_per_stack=<z> device=<cpu|cuda>`` (speedups against
+the float64 and the float32 loop; max_abs_diff against the float64 one).
 """
 from __future__ import annotations
 
@@ -106,22 +108,28 @@ def main(argv=None) -> None:
           f'-> fft_fraction {fft_fraction:.2f}')
 
     if args.skip_reference:
-        speedup, max_diff = float('nan'), float('nan')
+        speedup, speedup32, max_diff = float('nan'), float('nan'), float('nan')
     else:
-        t0 = time.perf_counter()
-        ref = reference_cost_volume(frames.astype(np.float64), focus, lens.f_number, lens.focal_length_m,
-                                    lens.pixel_pitch_m, depths)
-        ref_s = time.perf_counter() - t0
-        diff = np.abs(ours.cpu().double().numpy() - ref)
+        ref_s, refs = {}, {}
+        for dt in (np.float64, np.float32):
+            t0 = time.perf_counter()
+            refs[dt] = reference_cost_volume(frames.astype(dt), focus, lens.f_number, lens.focal_length_m,
+                                             lens.pixel_pitch_m, depths, dtype=dt)
+            ref_s[dt] = time.perf_counter() - t0
+        diff = np.abs(ours.cpu().double().numpy() - refs[np.float64])
+        diff32 = np.abs(refs[np.float32].astype(np.float64) - refs[np.float64])
         max_diff = float(diff.max())
-        speedup = ref_s * 1e3 / ms
-        print(f'reference: {ref_s * 1e3:9.1f} ms/stack (skimage wiener x {args.depths * F * C} + scipy)')
+        speedup = ref_s[np.float64] * 1e3 / ms
+        speedup32 = ref_s[np.float32] * 1e3 / ms
+        n = args.depths * F * C
+        print(f'reference: {ref_s[np.float64] * 1e3:9.1f} ms/stack float64 (skimage wiener x {n} + scipy)')
+        print(f'reference: {ref_s[np.float32] * 1e3:9.1f} ms/stack float32 (same loop; its max |diff| to float64 '
+              f'{diff32.max():.2e})')
         print(f'agreement: median |diff| {np.median(diff):.2e}, p99 {np.percentile(diff, 99):.2e}, max {max_diff:.2e}')
         if np.median(diff) > 1e-3:
             raise SystemExit(f'cost volume disagrees with the reference (median {np.median(diff):.3g})')
-    print(f'cost_volume speedup_vs_reference={speedup:.2f} fft_fraction={fft_fraction:.2f} '
-          f'max_abs_diff={max_diff:.2e} ms_per_stack={ms:.1f} device={device.type}')
-
+    print(f'cost_volume speedup_vs_reference={speedup:.2f} speedup_vs_reference_f32={speedup32:.2f} '
+          f'fft_fraction={fft_fraction:.2f} max_abs_diff={max_diff:.2e} ms_per_stack={ms:.1f} device={device.type}')
 
 if __name__ == '__main__':
     main()

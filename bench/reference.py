@@ -5,6 +5,10 @@ Straight from DESIGN.md section 4 with the library functions it names:
 hypothesis and channel, ``scipy.ndimage.gaussian_filter(sigma=1, mode='reflect')``,
 tanh outlier removal, per-pixel min-max.  Used by the tests and raced by
 ``bench/cost_volume.py``; never on the hot path.
+
+``dtype``: float64 (the default, the accuracy reference) or float32, the precision the
+project's implementation computes in, so that the benchmark can also compare like with
+like (skimage, scipy.fft and scipy.ndimage keep float32 inputs in float32).
 """
 from __future__ import annotations
 
@@ -20,17 +24,17 @@ from ddfs_ros.psf import disk_psf
 
 def reference_cost_volume(frames: np.ndarray, focus_m, f_numbers, focal_length_m: float,
                           pixel_pitch_m: float, depths_m, max_coc_px: float | None = None,
-                          normalise: bool = True) -> np.ndarray:
-    """D x H x W cost volume from F x H x W x C frames (float64 in [0, 1])."""
-    frames = np.asarray(frames, dtype=np.float64)
+                          normalise: bool = True, dtype=np.float64) -> np.ndarray:
+    """D x H x W cost volume from F x H x W x C frames in [0, 1], computed in ``dtype``."""
+    frames = np.asarray(frames, dtype=dtype)
     F, H, W, C = frames.shape
     fn = np.broadcast_to(np.asarray(f_numbers, dtype=np.float64), (F,))
     max_px = default_max_coc_px(W) if max_coc_px is None else max_coc_px
-    cost = np.zeros((len(depths_m), H, W))
+    cost = np.zeros((len(depths_m), H, W), dtype=dtype)
     for j, d in enumerate(depths_m):
-        deblurred = np.zeros((F, H, W, C))
+        deblurred = np.zeros((F, H, W, C), dtype=dtype)
         for i in range(F):
-            psf = disk_psf(coc_px(d, focus_m[i], focal_length_m, fn[i], pixel_pitch_m, max_px) / 2.0)
+            psf = disk_psf(coc_px(d, focus_m[i], focal_length_m, fn[i], pixel_pitch_m, max_px) / 2.0).astype(dtype)
             for c in range(C):
                 deblurred[i, :, :, c] = wiener(frames[i, :, :, c], psf, balance=0.01, clip=False)
         for c in range(C):
