@@ -180,7 +180,7 @@ def valid_mask(params: Sequence[Similarity], width: int, height: int, margin_px:
     return ok
 
 
-def warp_frame(frame: np.ndarray, sim: Similarity, interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
+def warp_frame(frame: np.ndarray, sim: Similarity, interpolation: int = cv2.INTER_LANCZOS4) -> np.ndarray:
     """Resample ``frame`` (H x W x C) onto the reference grid: ``out(x) = frame(sim(x))``.
 
     Outside the frame, values are mirrored (border reflection), not zero: a hard black
@@ -272,7 +272,7 @@ def misalign_stack(frames: np.ndarray, focus_m: Sequence[float], breathing: floa
         truth = Similarity(scale=float(mags[i]), tx_px=float(dx), ty_px=float(dy))
         sims.append(truth)
         H, W = fr.shape[1:3]
-        out[i] = cv2.warpAffine(fr[i], truth.matrix(W, H), (W, H), flags=cv2.INTER_CUBIC,
+        out[i] = cv2.warpAffine(fr[i], truth.matrix(W, H), (W, H), flags=cv2.INTER_LANCZOS4,
                                 borderMode=cv2.BORDER_REFLECT).reshape(fr[i].shape)
     return np.clip(out, 0.0, 1.0), sims
 

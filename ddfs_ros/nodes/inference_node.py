@@ -35,6 +35,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
 from .. import ros_io
 from ..engines import EngineError, load_engine
 from ..engines.tensorrt_backend import DEFAULT_PRECISION
+from ..align import check_align_mode
 from ..pipeline import DEFAULT_MAX_RELATIVE_UNCERTAINTY, DepthPipeline
 from ..stack import StackError
 from .common import describe, intrinsics_problem, run_node, publisher_qos, resolve_path, subscription_qos
@@ -82,7 +83,9 @@ class InferenceNode(Node):
                                       reference=p('reference_frame'),
                                       max_uncertainty=p('max_uncertainty') or None,
                                       max_relative_uncertainty=p('max_relative_uncertainty') or None,
-                                      processing_width=int(p('processing_width')), upsample=p('upsample'))
+                                      processing_width=int(p('processing_width')), upsample=p('upsample'),
+                                      align=p('align'))
+        self.last_alignment: list = []
         if p('warmup_runs') > 0:
             ms = self.pipeline.warm_up(runs=int(p('warmup_runs')))
             self.get_logger().info(f'warm-up done: {ms:.1f} ms per stack at the engine size on '
@@ -162,6 +165,9 @@ class InferenceNode(Node):
                                             integer=True))
         d('upsample', 'joint_bilateral', describe('depth/uncertainty back to the input size',
                                                   choices=['joint_bilateral', 'guided', 'bilinear']))
+        d('align', 'off', describe('warp every frame onto the reference before the cost volume (focus breathing, '
+                                   'small motion); NaN depth where a frame did not see',
+                                   choices=['off', 'similarity']))
 
     def _param(self, name: str):
         return self.get_parameter(name).value
@@ -192,6 +198,8 @@ class InferenceNode(Node):
             if 'upsample' in values:
                 DepthPipeline(self.engine, upsample=values['upsample'])          # validates
                 self.pipeline.upsample = values['upsample']
+            if 'align' in values:
+                self.pipeline.align = check_align_mode(values['align'])
         except (ValueError, TypeError) as e:
             return SetParametersResult(successful=False, reason=str(e))
         return SetParametersResult(successful=True)
@@ -304,6 +312,7 @@ class InferenceNode(Node):
             self.counters['masked_out_of_range'] += result.n_out_of_range
             self.counters['masked_uncertain'] += result.n_uncertain
             self.last_timings = result.timings
+            self.last_alignment = result.alignment
 
     # -- errors -----------------------------------------------------------------------------
     @staticmethod
@@ -354,6 +363,10 @@ class InferenceNode(Node):
                 'pending_stamps': len(self.pairer),
                 'masked_out_of_range': self.counters['masked_out_of_range'],
                 'masked_uncertain': self.counters['masked_uncertain'],
+                'align': self.pipeline.align,
+                # the last stack's per-frame similarity to the reference (frame order after any sorting)
+                'align_scales': ','.join(f'{a.scale:.4f}' for a in self.last_alignment),
+                'align_shifts_px': ';'.join(f'{a.tx_px:.2f},{a.ty_px:.2f}' for a in self.last_alignment),
                 'last_error': self.last_error,
             }
             errors = {f'error_{r}': self.counters[r] for r in REASONS}
