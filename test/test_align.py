@@ -92,3 +92,13 @@ def test_pipeline_masks_unseen_pixels(tiny_engines, rendered):
     assert np.isnan(res.depth[~valid]).all() and (~valid).any()
     with pytest.raises(ValueError):
         DepthPipeline(eng, align='bogus')
+
+
+def test_simulated_camera_breathing_and_jitter():
+    from ddfs_ros.cameras.simulated import SimulatedCamera
+    cam = SimulatedCamera('plane', 64, 64, focal_length_m=0.025, pixel_pitch_m=45e-6, breathing=0.03, jitter_px=3.0)
+    a, b = cam.capture_sweep([0.5, 1.0, 2.0]), cam.capture_sweep([0.5, 1.0, 2.0])
+    assert np.array_equal(a.frames[2], b.frames[2])            # the farthest-focused frame is the anchor
+    assert np.abs(a.frames[0] - b.frames[0]).mean() > 0.01     # fresh shake every sweep
+    res = align_stack(a.frames, 2)
+    assert res.params[0].scale == pytest.approx(1.03, abs=0.006)

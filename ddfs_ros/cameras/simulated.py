@@ -53,13 +53,19 @@ class SimulatedCamera(FocusCamera):
         depth_range_m: depth range of the ``procedural`` scene.
         rgb_path, depth_path, depth_scale: the ``rgbd`` scene (depth in file units x scale = m).
         device: torch device of the renderer.
+        breathing: magnification change over the sweep (0.03 = the nearest-focused frame
+            3 % larger than the farthest), :func:`ddfs_ros.align.misalign_stack`.
+        jitter_px: per-frame random shift (uniform in +-jitter_px px) of every frame but the
+            farthest-focused one (camera shake); depth_gt stays registered with that frame.
     """
 
     def __init__(self, scene: str = 'motorcycle', width: int = 256, height: int = 256,
                  focal_length_m: float = 0.025, f_number: float = 2.0, pixel_pitch_m: float = 21e-6,
                  noise=None, seed: int = 0, plane_depth_m: float = 1.0,
                  depth_range_m: Sequence[float] = (0.5, 3.0), rgb_path: str = '', depth_path: str = '',
-                 depth_scale: float = 0.001, texture: str = 'astronaut', device: str = 'cpu') -> None:
+                 depth_scale: float = 0.001, texture: str = 'astronaut', device: str = 'cpu',
+                 breathing: float = 0.0, jitter_px: float = 0.0) -> None:
+        self.breathing, self.jitter_px = float(breathing), float(jitter_px)
         if scene not in SCENES:
             raise ValueError(f'scene must be one of {SCENES}, got {scene!r}')
         self.width, self.height = int(width), int(height)
@@ -129,6 +135,10 @@ class SimulatedCamera(FocusCamera):
             raise CameraError(f'focus distances {focus.tolist()} must exceed the focal length '
                               f'{self.lens.focal_length_m} m')
         frames = self._clean(focus, fn)
+        if self.breathing or self.jitter_px:
+            # the optics move the image before the sensor adds noise
+            from ..align import misalign_stack
+            frames, _ = misalign_stack(frames, focus, self.breathing, self.jitter_px, self.rng)
         if self.noise is not None:
             from ..render import linear_to_srgb, srgb_to_linear
             lin = srgb_to_linear(torch.from_numpy(frames).to(self.device))

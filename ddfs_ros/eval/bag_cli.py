@@ -116,6 +116,8 @@ class CameraConfig:
     focus_count: int = 5
     focus_spacing: str = 'dioptre'
     focus_jitter: float = 0.0
+    breathing: float = 0.0
+    jitter_px: float = 0.0
     encoding: str = 'rgb8'
     frame_id: str = 'camera_optical_frame'
     rate: float = 1.0
@@ -413,6 +415,11 @@ def make_bag(out, source: str, cam: CameraConfig, stacks: int, storage: str = 'm
             stack = render_stack(sc.rgb, render_depth, focus, lens, cam.f_numbers, noise=noise,
                                  quantize_bits=quantize_bits_for(cam.encoding), rng=int(seed) * 100003 + k,
                                  stamp_ns=start_ns + k * period_ns, frame_id=cam.frame_id)
+            if cam.breathing or cam.jitter_px:
+                # focus breathing + camera shake relative to the farthest-focused frame, so
+                # depth_gt stays registered with the pipeline's default reference frame
+                from ..align import misalign_stack
+                stack.frames, _ = misalign_stack(stack.frames, stack.focus_m, cam.breathing, cam.jitter_px, rng)
             writer.write(stack, depth_gt=depth if with_gt else None)
             if keep is not None:
                 keep.append((stack, depth if with_gt else None))
@@ -452,6 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument('--focus-jitter', type=float, default=None,
                    help='relative std of a per-stack scale of the focus schedule (default 0)')
     m.add_argument('--no-noise', action='store_true', help='render without sensor noise')
+    m.add_argument('--breathing', type=float, default=None,
+                   help='magnification change over the sweep (0.03: nearest-focused frame 3 %% larger)')
+    m.add_argument('--jitter-px', type=float, default=None,
+                   help='random per-frame shift, uniform in +-JITTER_PX px (camera shake)')
     m.add_argument('--no-gt', action='store_true', help='leave out focal_stack/depth_gt')
     m.add_argument('--seed', type=int, default=None)
     i = sub.add_parser('info', help='list the stacks of a bag and what is wrong with any of them')
@@ -474,6 +485,10 @@ def apply_overrides(cam: CameraConfig, args) -> CameraConfig:
         cam.focus_jitter = args.focus_jitter
     if args.no_noise:
         cam.noise = False
+    if getattr(args, 'breathing', None) is not None:
+        cam.breathing = args.breathing
+    if getattr(args, 'jitter_px', None) is not None:
+        cam.jitter_px = args.jitter_px
     return cam
 
 
