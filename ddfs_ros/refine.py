@@ -98,22 +98,21 @@ def joint_bilateral_upsample(low: torch.Tensor, guide: torch.Tensor, guide_low: 
     den = torch.zeros(H, W, dtype=torch.float32, device=dev)
     inv_s = -0.5 / sigma_space ** 2
     inv_r = -0.5 / sigma_range ** 2
-    flat_low = low.reshape(C, h * w)
-    flat_g = guide_low.reshape(h * w)
     for dy in range(1 - radius, radius + 1):
         yi = (y0 + dy).clamp_(0, h - 1)
         wy = torch.exp((yc - yi.float()) ** 2 * inv_s)                # H
+        rows_g = guide_low.index_select(0, yi)                        # H x w: separable gathers,
+        rows_l = low.index_select(1, yi)                              # no H*W index arrays
         for dx in range(1 - radius, radius + 1):
             xi = (x0 + dx).clamp_(0, w - 1)
             wx = torch.exp((xc - xi.float()) ** 2 * inv_s)            # W
-            idx = (yi[:, None] * w + xi[None, :]).reshape(-1)         # H*W
-            g = flat_g[idx].reshape(H, W)
+            g = rows_g.index_select(1, xi)                            # H x W
             # the floor keeps a pixel whose colour matches no sample (noise, a thin line)
             # at the spatial average instead of dividing ~0 by ~0
             wt = torch.exp((guide - g).square_().mul_(inv_r)).add_(JBU_RANGE_FLOOR)
             wt.mul_(wy[:, None]).mul_(wx[None, :])
             den += wt
-            num += flat_low[:, idx].reshape(C, H, W) * wt
+            num.addcmul_(rows_l.index_select(2, xi), wt)
     return num / den
 
 
