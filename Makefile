@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast bench engines clean
+.PHONY: venv demo test test-fast bench engines eval-bags eval-table clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,23 @@ bench: $(STAMP)
 # Retrain and re-export the shipped engines on this machine (CPU: about an hour on 2 cores).
 engines: $(STAMP)
 	PY=$(PY) bash training/train_all.sh
+
+# Issue 9's held-out test bags (git-ignored out/bags/): every real_dfd test scene and every
+# rgbd_7scenes test frame of ddfs_ros/data_splits.py, rendered with each data set's camera.
+EVAL_BAGS := out/bags/real_dfd_test out/bags/rgbd_7scenes_test
+eval-bags: $(EVAL_BAGS)
+
+out/bags/real_dfd_test: ddfs_ros/data_splits.py
+	rm -rf $@
+	nice -n 10 $(PY) -m ddfs_ros.eval.bag_cli make $@ --source real_dfd --split test --seed 1
+
+out/bags/rgbd_7scenes_test: ddfs_ros/data_splits.py
+	rm -rf $@
+	nice -n 10 $(PY) -m ddfs_ros.eval.bag_cli make $@ --source rgbd_7scenes --split test --seed 1
+
+# The acceptance table of issue 9: every engines/*.json + both baselines, replayed through the node.
+eval-table: $(EVAL_BAGS)
+	nice -n 10 $(PY) -m ddfs_ros.eval.acceptance --out out/eval/acceptance.md --json out/eval/acceptance.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_out

@@ -197,3 +197,25 @@ def test_real_dfd_test_split_is_the_held_out_scenes():
     assert not set(rows) & {ld.args[1]['rgb_file'] for ld in val}
     rgb, depth, render_depth, name, fx = test[0]()
     assert render_depth is None and fx is None and np.isfinite(depth).all() and rgb.shape[:2] == depth.shape
+
+
+def test_acceptance_table_reduction_and_means():
+    from ddfs_ros.eval.acceptance import add_reduction, markdown_table, mean_rows, reduction_vs
+    assert reduction_vs(0.06, 0.08) == pytest.approx(25.0)
+    assert reduction_vs(0.10, 0.08) == pytest.approx(-25.0)
+    assert math.isnan(reduction_vs(None, 0.08)) and math.isnan(reduction_vs(0.05, None))
+    fm, mo = 'focus-measure (baseline)', 'median-oracle (baseline)'
+    bag_a = add_reduction([{'method': 'e', 'n': 3, 'absrel': 0.05, 'delta1': 90.0, 'coverage': 0.9},
+                           {'method': fm, 'n': 3, 'absrel': 0.10, 'delta1': 80.0, 'coverage': 1.0},
+                           {'method': mo, 'n': 3, 'absrel': 0.20, 'delta1': 50.0, 'coverage': 1.0}])
+    bag_b = add_reduction([{'method': 'e', 'n': 0, 'absrel': None},     # refused every stack of this bag
+                           {'method': fm, 'n': 2, 'absrel': 0.30, 'delta1': 60.0, 'coverage': 1.0}])
+    assert [r['vs_focus'] for r in bag_a] == pytest.approx([50.0, 0.0, -100.0])
+    means = {r['method']: r for r in mean_rows({'a': bag_a, 'b': bag_b})}
+    # the engine's mean is over the one bag it scored; the focus measure's over both
+    assert means['e']['absrel'] == pytest.approx(0.05) and means['e']['n'] == 3
+    assert means[fm]['absrel'] == pytest.approx(0.20) and means[fm]['n'] == 5
+    assert means['e']['vs_focus'] == pytest.approx(75.0)
+    table = markdown_table({'a': bag_a, 'b': bag_b})
+    assert '| a | e | 3 | 0.0500 | 90.0 | 90.0 |' in table and '+50.0 %' in table
+    assert 'mean of the 2 bags' in table
