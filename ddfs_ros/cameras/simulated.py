@@ -45,8 +45,9 @@ class SimulatedCamera(FocusCamera):
 
     Args:
         scene: one of :data:`SCENES`.
-        width, height: frame size (px).
-        focal_length_m, f_number, pixel_pitch_m: the lens; the pitch is m/px at ``width``.
+        width, height: frame size (px); default VGA 640 x 480 (4:3).
+        focal_length_m, f_number, pixel_pitch_m: the lens; the pitch is m/px at ``width`` (default:
+            the sensor with 21 um/px at 256 px, i.e. 8.4 um/px at 640 px).
         noise: ``None`` or :class:`~ddfs_ros.render.SensorNoise` (or a dict of its fields).
         seed: seed for the noise and the procedural scene.
         plane_depth_m: depth of the ``plane`` scene.
@@ -59,8 +60,8 @@ class SimulatedCamera(FocusCamera):
             farthest-focused one (camera shake); depth_gt stays registered with that frame.
     """
 
-    def __init__(self, scene: str = 'motorcycle', width: int = 256, height: int = 256,
-                 focal_length_m: float = 0.025, f_number: float = 2.0, pixel_pitch_m: float = 21e-6,
+    def __init__(self, scene: str = 'motorcycle', width: int = 640, height: int = 480,
+                 focal_length_m: float = 0.025, f_number: float = 2.0, pixel_pitch_m: float = 21e-6 * 256 / 640,
                  noise=None, seed: int = 0, plane_depth_m: float = 1.0,
                  depth_range_m: Sequence[float] = (0.5, 3.0), rgb_path: str = '', depth_path: str = '',
                  depth_scale: float = 0.001, texture: str = 'astronaut', device: str = 'cpu',
