@@ -32,6 +32,7 @@ RECORDED = {
     'depth/camera_info': (CameraInfo, 'sensor_msgs/msg/CameraInfo'),
     'depth/image_colorized': (Image, 'sensor_msgs/msg/Image'),
     'depth/points': (PointCloud2, 'sensor_msgs/msg/PointCloud2'),
+    'all_in_focus/image': (Image, 'sensor_msgs/msg/Image'),
 }
 
 
@@ -63,6 +64,7 @@ class DemoRecorder(Node):
         self.depth_raw: dict[int, bytes] = {}
         self.unc_raw: dict[int, bytes] = {}
         self.gt_raw: dict[int, bytes] = {}
+        self.aif_raw: dict[int, bytes] = {}
         self.counts = {t: 0 for t in RECORDED}
         qos = subscription_qos('reliable', 10)
         for topic, (cls, typename) in RECORDED.items():
@@ -88,6 +90,8 @@ class DemoRecorder(Node):
                 self.unc_raw[stamp] = raw
             elif topic == 'focal_stack/depth_gt':
                 self.gt_raw[stamp] = raw
+            elif topic == 'all_in_focus/image':
+                self.aif_raw[stamp] = raw
 
     def caught_up(self, processed: int) -> bool:
         """True once every depth the inference node published has arrived here."""
@@ -181,6 +185,11 @@ class DemoRecorder(Node):
             bgr = ros_io.pixels_to_unit(arr, img.encoding)[..., ::-1] if arr.shape[-1] == 3 else \
                 ros_io.pixels_to_unit(arr, img.encoding)
             images['input_frame.png'] = np.clip(np.round(bgr * 255), 0, 255).astype(np.uint8)
+        if self.aif_raw:
+            img = deserialize_message(self.aif_raw[stamp if stamp in self.aif_raw else max(self.aif_raw)], Image)
+            unit = ros_io.pixels_to_unit(ros_io.image_to_array(img), img.encoding)
+            bgr = unit[..., ::-1] if unit.shape[-1] == 3 else unit
+            images['all_in_focus.png'] = np.clip(np.round(bgr * 255), 0, 255).astype(np.uint8)
         for name, img in images.items():
             path = self.out / name
             cv2.imwrite(str(path), img)
