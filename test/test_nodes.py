@@ -653,7 +653,7 @@ def test_ddfs_run_demo_writes_report_pngs_and_bag(tiny_engines, tmp_path):
     coverage = float(re.search(r'coverage ([0-9.]+) %', text).group(1))
     absrel = float(re.search(r'AbsRel ([0-9.]+)', text).group(1))
     assert coverage > 90.0 and 0.0 <= absrel < 10.0, text
-    for png in ('depth_colorized.png', 'uncertainty.png', 'depth_gt_colorized.png'):
+    for png in ('depth_colorized.png', 'uncertainty.png', 'depth_gt_colorized.png', 'all_in_focus.png'):
         assert (out / png).stat().st_size > 100
     from rosbags.rosbag2 import Reader
     from rosbags.typesys import Stores, get_typestore
