@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='width the cost volume runs at (px)')
     p.add_argument('--usable-blur', type=float, default=None,
                    help='usable blur diameter (px at processing width; default: the cost volume clamp)')
-    p.add_argument('--weighting', choices=('depth', 'dioptre'), default='depth',
-                   help='depths of interest uniform in metres (default) or in dioptres')
+    p.add_argument('--weighting', choices=('depth', 'dioptre'), default='dioptre',
+                   help='depths of interest uniform in dioptres (default) or in metres')
     p.add_argument('--calibration', default=None, help='calibration YAML (ddfs-calibrate output or camera.yaml)')
     p.add_argument('--raw-step', type=float, default=1.0, help='focus control step (raw units)')
     return p

@@ -15,9 +15,39 @@ LENS = LensModel(0.025, 2.0, 3e-6)
 def test_plan_beats_uniform_schedules_in_its_model():
     p = plan(0.4, 3.0, 5, LENS, 1920)
     assert p.focus_m.size == 5 and np.all(np.diff(p.focus_m) > 0)
-    assert 0.4 - 1e-9 <= p.focus_m[0] and p.focus_m[-1] <= 3.0 + 1e-9
+    # the end frames bracket the range: a depth at either end lies between two frames
+    assert p.focus_m[0] == pytest.approx(0.4) and p.focus_m[-1] == pytest.approx(3.0)
     c = p.compared
     assert c['planned'] < c['dioptre'] and c['planned'] < c['depth']
+
+
+@pytest.mark.parametrize('near,far,frames,lens,width', [
+    (0.4, 3.0, 5, LensModel(0.025, 2.0, 45e-6), 128),       # bench/real_camera.py plan
+    (0.2, 1.0, 3, LensModel(0.004, 2.0, 3e-6), 640),        # a webcam
+    (0.5, 10.0, 8, LensModel(0.05, 1.4, 3e-6), 1920),       # a fast lens, long range
+    (1.0, 1.5, 4, LensModel(0.05, 8.0, 5e-6), 1280),        # a slow lens, short range
+])
+def test_plan_never_worse_than_dioptre_spacing(near, far, frames, lens, width):
+    p = plan(near, far, frames, lens, width)
+    assert p.compared['planned'] <= p.compared['dioptre'] * (1 + 1e-9)
+    assert p.focus_m[0] == pytest.approx(near) and p.focus_m[-1] == pytest.approx(far)
+
+
+def test_model_ranks_the_measured_schedules():
+    """On the bench lens, the old planner's schedule (ends pulled in, frames piled far) and
+    uniform-in-depth spacing measured worse than uniform in dioptres; the model agrees."""
+    from ddfs_ros.optics import focus_schedule
+    prob = PlanProblem(0.4, 3.0, LensModel(0.025, 2.0, 45e-6), 128, 128)
+    e = lambda s: expected_relative_error(s, prob)
+    dioptre = e(focus_schedule(0.4, 3.0, 5, 'dioptre'))
+    assert dioptre < e([0.40, 0.78, 1.26, 1.46, 3.00]) and dioptre < e(focus_schedule(0.4, 3.0, 5, 'depth'))
+
+
+def test_unbracketed_depths_cost_error():
+    prob = PlanProblem(0.4, 3.0, LENS, 1920)
+    d, rel = expected_relative_error([0.6, 1.0, 2.0], prob, per_depth=True)
+    inside = (d >= 0.6) & (d <= 2.0)
+    assert rel[d < 0.45].min() > rel[inside].max()            # nearer than the nearest frame
 
 
 def test_repeated_frames_add_nothing():
