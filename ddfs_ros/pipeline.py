@@ -46,7 +46,9 @@ import torch.nn.functional as Fnn
 from . import refine
 from .align import align_focal_stack, check_align_mode
 from .cost_volume import CostVolume
-from .optics import LensModel, depth_hypotheses, scale_hypotheses_to_focus
+from .focus_volume import focus_volume
+from .optics import (FOCUS_SPAN_MARGIN, FOCUS_SPAN_MIN_RELATIVE, LensModel, depth_hypotheses,
+                     hypotheses_from_focus_span, scale_hypotheses_to_focus)
 from .stack import FocalStack, StackError
 
 #: Default of ``max_relative_uncertainty``: a pixel whose depth std exceeds half its
@@ -254,6 +256,12 @@ class DepthPipeline:
         if self.hypothesis_mode == 'fixed':
             return m.train_hypotheses()
         if self.hypothesis_mode == 'from_focus':
+            if m.hypotheses.get('mode') == 'focus_span':
+                # the engine learned hypotheses spread around each stack's own focus range
+                h = m.hypotheses
+                return hypotheses_from_focus_span(focus_m, int(m.num_hypotheses),
+                                                  float(h.get('margin', FOCUS_SPAN_MARGIN)),
+                                                  float(h.get('min_relative', FOCUS_SPAN_MIN_RELATIVE)))
             return scale_hypotheses_to_focus(m.train_hypotheses(), m.train_focus_range, focus_m)
         lo, hi = self.hypothesis_mode
         return depth_hypotheses(lo, hi, int(m.num_hypotheses), m.hypotheses.get('spacing', 'depth'))
@@ -322,6 +330,9 @@ class DepthPipeline:
             inputs = {'image': frames[ref:ref + 1],
                       'cost_volume': cv[None],
                       'depths': torch.as_tensor(hyp, dtype=torch.float32, device=device)[None]}
+            if 'focus_volume' in m.inputs:
+                inputs['focus_volume'] = focus_volume(frames, stack.focus_m, stack.per_frame_f_numbers(),
+                                                      lens.focal_length_m, lens.pixel_pitch_m, hyp)[None]
             lo, hi = float(hyp.min()), float(hyp.max())
         else:
             hyp = stack.focus_m.copy()

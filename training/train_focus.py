@@ -182,7 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             samples += batch
             if samples >= next_val:
                 next_val += val_every

@@ -5,7 +5,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from .manifest import FAMILY_INPUTS, EngineInputError, EngineManifest
+from .manifest import FAMILY_INPUTS, OPTIONAL_INPUTS, EngineInputError, EngineManifest
 
 
 class Engine(ABC):
@@ -27,7 +27,9 @@ class Engine(ABC):
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return FAMILY_INPUTS[self.manifest.family]
+        # the contract's inputs, then the optional ones this engine takes, in export order
+        fam = self.manifest.family
+        return FAMILY_INPUTS[fam] + tuple(n for n in OPTIONAL_INPUTS.get(fam, ()) if n in self.manifest.inputs)
 
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Inputs in the contract's order, float32, contiguous, on ``self.device``; shapes checked."""

@@ -31,6 +31,8 @@ FAMILIES = ('ddfs', 'dfv', 'dfv_cv')
 FAMILY_INPUTS = {'ddfs': ('image', 'cost_volume', 'depths'),
                  'dfv_cv': ('image', 'cost_volume', 'depths'),
                  'dfv': ('stack', 'focus')}
+#: Inputs a family may add (engines trained with a classical focus volume, DESIGN.md section 7).
+OPTIONAL_INPUTS = {'ddfs': ('focus_volume',), 'dfv_cv': ('focus_volume',), 'dfv': ()}
 OUTPUTS = ('depth', 'uncertainty')
 #: Manifest key of the sha256 of the ``torch_program`` (.pt2) file.
 TORCH_PROGRAM_SHA256 = 'torch_program_sha256'
@@ -222,7 +224,7 @@ def load_manifest(path: str | Path, verify_sha256: bool = True) -> EngineManifes
     sha = str(_need(raw, 'sha256', path))
     inputs = {str(k): [int(x) for x in v] for k, v in _need(raw, 'inputs', path).items()}
     want = FAMILY_INPUTS[family]
-    if set(inputs) != set(want):
+    if not set(want) <= set(inputs) <= set(want) | set(OPTIONAL_INPUTS[family]):
         raise EngineError(f'engine {path.name}: family {family} needs inputs {want}, manifest has {list(inputs)}')
     outputs = list(raw.get('outputs') or OUTPUTS)
     if isinstance(raw.get('outputs'), dict):

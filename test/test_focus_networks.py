@@ -1,0 +1,146 @@
+"""The focus networks' data, core and export (issue 9): small sizes, real checks."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ddfs_ros import data_splits
+from ddfs_ros.focus_volume import focus_volume, predicted_sharpness
+from ddfs_ros.optics import LensModel, hypotheses_from_focus_span
+from ddfs_ros.render import render_focal_stack
+from ddfs_ros.scenes import fronto_parallel_plane
+from ddfs_ros.stack import reference_index
+
+
+def test_splits_are_disjoint_and_keep_shared_bag_scenes_out_of_training():
+    assert data_splits.real_dfd_split(0) == 'test' and data_splits.real_dfd_split(1) == 'test'
+    splits = [data_splits.real_dfd_split(i) for i in range(81)]
+    assert splits.count('test') == 12 and splits.count('val') == 10
+    assert data_splits.rgbd_7scenes_split(610) is None and data_splits.rgbd_7scenes_split(800) is None
+    names = [f'bsds500/img_{i}.jpg' for i in range(400)]
+    counts = {s: sum(data_splits.texture_split(n) == s for n in names) for s in data_splits.SPLITS}
+    assert counts['train'] > 250 and counts['val'] > 20 and counts['test'] > 20
+    # a path is in exactly one split, and the same one every time
+    assert all(data_splits.texture_split(n) == data_splits.texture_split(n) for n in names[:20])
+
+
+def test_reference_frame_rule_breaks_aperture_pair_ties_by_f_number():
+    assert reference_index([1.7, 1.7], [2.8, 8.0]) == 1
+    assert reference_index([1.7, 1.7], [8.0, 2.8]) == 0
+    assert reference_index([0.5, 2.0, 1.0], 2.0) == 1
+    assert reference_index([0.5, 2.0, 1.0], 2.0, 'nearest') == 0
+
+
+def test_focus_span_hypotheses_cover_the_focus_range_uniformly_in_dioptres():
+    focus = [0.5, 0.8, 2.0]
+    h = hypotheses_from_focus_span(focus, 16)
+    assert np.all(np.diff(h) > 0) and h.min() < 0.5 and h.max() > 2.0
+    np.testing.assert_allclose(np.diff(1.0 / h), np.diff(1.0 / h)[0], rtol=1e-9)
+    # scale identity: k times the focus distances gives k times the hypotheses
+    np.testing.assert_allclose(hypotheses_from_focus_span(np.array(focus) * 3, 16), 3 * h, rtol=1e-12)
+    # one focus distance (aperture pair) still gives an open range around it
+    a = hypotheses_from_focus_span([1.7, 1.7], 8)
+    assert a.min() < 1.7 < a.max()
+
+
+def test_focus_volume_peaks_at_the_depth_of_a_textured_plane():
+    lens = LensModel(0.012, 1.8, 6e-6)
+    focus = 1.0 / np.linspace(1 / 0.4, 1 / 2.0, 6)
+    hyps = hypotheses_from_focus_span(focus, 24)
+    for depth in (0.55, 1.1):
+        scene = fronto_parallel_plane(64, depth, 'astronaut')
+        frames = render_focal_stack(scene.rgb, scene.depth_m, focus, lens)
+        chw = np.moveaxis(np.asarray(frames, np.float32), -1, 1)
+        v = focus_volume(chw, focus, 1.8, lens.focal_length_m, lens.pixel_pitch_m, hyps)
+        assert v.shape == (24, 64, 64)
+        best = hyps[int(torch.median(v[:, 8:-8, 8:-8].argmax(dim=0)))]
+        assert abs(1 / best - 1 / depth) < 0.35 * (1 / focus.min() - 1 / focus.max()) / 5, (depth, best)
+
+
+def test_predicted_sharpness_prefers_the_smaller_aperture_away_from_focus():
+    q = predicted_sharpness([1.7, 1.7], [2.8, 8.0], 0.035, 36e-6, [0.5, 1.7, 6.0])
+    np.testing.assert_allclose(q.sum(axis=0), 1.0)
+    assert q[1, 0] > q[0, 0] and q[1, 2] > q[0, 2] and abs(q[0, 1] - 0.5) < 1e-6
+
+
+@pytest.mark.parametrize('family', ['ddfs', 'dfv'])
+def test_samples_shards_and_a_training_step(tmp_path, family):
+    from training.stack_data import ShardDataset, StackDataConfig, make_sample, write_shard
+    from training.train_focus import build, forward, output_range, relative_l1
+
+    cfg = StackDataConfig(family=family, size=32, frames=(2, 4) if family == 'ddfs' else 3, num_hypotheses=8,
+                          sources={'procedural': 1.0})
+    s = make_sample(cfg, 'train', 0, 3)
+    assert s['frames'].dtype == np.uint8 and s['gt'].shape == (32, 32)
+    if family == 'dfv':
+        assert np.all(np.diff(s['focus']) > 0)
+    else:
+        assert s['cost'].shape == (8, 32, 32) and s['depths'].shape == (8,)
+    write_shard(cfg, 'train', 0, 0, tmp_path, shard_size=4)
+    data = ShardDataset(tmp_path, 'train', family, crop=24)
+    assert len(data) == 4
+    item = data[0]
+    assert item['gt'].shape == (24, 24)
+    kwargs = ({'num_hypotheses': 8, 'widths': (8, 8, 8, 8)} if family == 'ddfs'
+              else {'num_frames': 3, 'widths': (8, 8, 8, 8), 'feat': 4, 'agg': 4})
+    torch.manual_seed(0)
+    model = build(family, kwargs)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    batch = {k: torch.stack([data[i][k] for i in range(4)]) for k in item}
+    losses = []
+    for _ in range(15):
+        o = forward(model, family, batch)
+        lo, hi = output_range(family, batch)
+        loss = relative_l1(o['depth'], batch['gt'], lo, hi)
+        assert torch.all(o['depth'] >= lo - 1e-4) and torch.all(o['depth'] <= hi + 1e-4)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('family', ['ddfs', 'dfv'])
+def test_export_is_dynamic_in_height_and_width_and_matches_eager(tmp_path, family):
+    from ddfs_ros.engines.manifest import load_manifest
+    from training.export_focus import export_checkpoint
+    from training.stack_data import StackDataConfig, write_shard
+    from training.train_focus import build
+
+    cfg = StackDataConfig(family=family, size=32, frames=(2, 4) if family == 'ddfs' else 3, num_hypotheses=8,
+                          sources={'procedural': 1.0})
+    write_shard(cfg, 'val', 0, 0, tmp_path / 'cache', shard_size=3)
+    kwargs = ({'num_hypotheses': 8, 'widths': [8, 8, 8, 8]} if family == 'ddfs'
+              else {'num_frames': 3, 'widths': [8, 8, 8, 8], 'feat': 4, 'agg': 4})
+    model = build(family, kwargs)
+    conf = {'name': 'tiny', 'model': {'family': family, 'arch': 'x', 'kwargs': kwargs},
+            'data': {'cache': str(tmp_path / 'cache'), 'size': 32}}
+    torch.save({'model': model.state_dict(), 'config': conf, 'family': family, 'samples': 0,
+                'val': {'abs_rel': 0.5}}, tmp_path / 'best.pt')
+    man = export_checkpoint(tmp_path / "best.pt", tmp_path / "engines" / "tiny.onnx", torch_program=True)
+    m = json.loads(man.read_text())
+    assert m['dynamic_size'] and m['size_multiple'] == 8
+    assert max(m['onnx_vs_torch_max_abs_diff_m'].values()) < 1e-3
+    assert set(m['onnx_vs_torch_max_abs_diff_m']) == {'64x64', '96x128', '480x640'}
+    loaded = load_manifest(man)
+    assert loaded.dynamic_size and (family != 'ddfs' or 'focus_volume' in loaded.inputs)
+    # the node's pipeline feeds it (focus volume included) on a non-square stack, both backends
+    from ddfs_ros.engines import load_engine
+    from ddfs_ros.pipeline import DepthPipeline
+    from ddfs_ros.stack import FocalStack
+    rng = np.random.default_rng(0)
+    F = 4 if family == 'ddfs' else 3
+    stack = FocalStack(rng.random((F, 48, 72, 3), dtype=np.float32), 1.0 / np.linspace(2.0, 0.5, F),
+                       LensModel(0.01, 2.0, 10e-6))
+    results = []
+    for backend in ('onnxruntime', 'torch'):
+        pipe = DepthPipeline(load_engine(man, backend=backend), hypothesis_mode='from_focus',
+                             max_relative_uncertainty=None)
+        r = pipe.run(stack)
+        assert r.depth.shape == (48, 72) and np.isfinite(r.depth).mean() > 0.99
+        results.append(r.depth)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-3)

@@ -1,0 +1,190 @@
+"""Export a focus-network checkpoint: ONNX with dynamic H x W + manifest (+ torch.export program).
+
+    python -m training.export_focus checkpoints/ddfs_s/best.pt --out engines/ddfs_s.onnx --check
+
+The ONNX graph takes any H and W that are multiples of 8 (dynamic axes; the manifest
+states ``size_multiple`` and the sizes it was checked on, ``validated_size``).  Inputs:
+
+- family ``ddfs`` (arch ``unet_cv_fv``): ``image`` B x 3 x H x W (RGB in [0, 1]),
+  ``cost_volume`` B x D x H x W (:class:`ddfs_ros.cost_volume.CostVolume`),
+  ``depths`` B x D (m, the ``focus_span`` hypotheses), ``focus_volume`` B x D x H x W
+  (:func:`ddfs_ros.focus_volume.focus_volume`);
+- family ``dfv`` (arch ``dfv_lite``): ``stack`` B x F x 3 x H x W sorted near to far,
+  ``focus`` B x F (m, ascending).
+
+Outputs ``depth`` and ``uncertainty``, B x 1 x H x W metres.  Every artefact's sha256
+goes into the manifest (:func:`ddfs_ros.engines.manifest.add_artifact_hashes`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ddfs_ros.engines.manifest import add_artifact_hashes
+from ddfs_ros.optics import FOCUS_SPAN_MARGIN, FOCUS_SPAN_MIN_RELATIVE, hypotheses_from_focus_span
+
+from .export import OPSET, _Eval
+from .models.focusnets import SIZE_MULTIPLE
+from .train_focus import build
+
+#: Sizes the exported graph is checked on against torch eager ((H, W) pairs).
+CHECK_SIZES = ((64, 64), (96, 128), (480, 640))
+
+
+def example_inputs(family: str, num: int, H: int, W: int, seed: int = 0) -> dict:
+    """Plausible random inputs: ``num`` = D (cost-volume family) or F (DFV)."""
+    g = torch.Generator().manual_seed(seed)
+    if family == 'dfv':
+        focus = torch.as_tensor(1.0 / np.linspace(1 / 0.5, 1 / 2.0, num), dtype=torch.float32)[None]
+        return {'stack': torch.rand(1, num, 3, H, W, generator=g), 'focus': focus}
+    d = torch.as_tensor(hypotheses_from_focus_span([0.5, 2.0], num), dtype=torch.float32)[None]
+    return {'image': torch.rand(1, 3, H, W, generator=g), 'cost_volume': torch.rand(1, num, H, W, generator=g),
+            'depths': d, 'focus_volume': torch.rand(1, num, H, W, generator=g)}
+
+
+def export_onnx_dynamic(model: torch.nn.Module, inputs: dict, path: Path) -> None:
+    spatial = {}
+    for k, v in inputs.items():
+        if v.dim() >= 4:
+            spatial[k] = {v.dim() - 2: 'height', v.dim() - 1: 'width'}
+    spatial['depth'] = {2: 'height', 3: 'width'}
+    spatial['uncertainty'] = {2: 'height', 3: 'width'}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(_Eval(model), tuple(inputs.values()), str(path), input_names=list(inputs),
+                          output_names=['depth', 'uncertainty'], opset_version=OPSET, dynamo=False,
+                          do_constant_folding=True, dynamic_axes=spatial)
+    import onnx
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def export_torch_program_dynamic(model: torch.nn.Module, inputs: dict, path: Path) -> Optional[str]:
+    """``torch.export`` program with H and W free (multiples of :data:`SIZE_MULTIPLE`); None if it fails."""
+    from torch.export import Dim
+    hb = Dim('hb', min=1, max=512)
+    wb = Dim('wb', min=1, max=512)
+    specs = tuple({v.dim() - 2: SIZE_MULTIPLE * hb, v.dim() - 1: SIZE_MULTIPLE * wb} if v.dim() >= 4 else None
+                  for v in inputs.values())
+    try:
+        ep = torch.export.export(_Eval(model), tuple(inputs.values()), dynamic_shapes=(specs,), strict=False)
+        torch.export.save(ep, str(path))
+        return path.name
+    except Exception as exc:  # noqa: BLE001 - report and ship ONNX only
+        warnings.warn(f'torch.export failed for {path.stem}: {exc!r}; manifest gets torch_program=null')
+        if path.exists():
+            path.unlink()
+        return None
+
+
+def max_abs_diff(path: Path, model: torch.nn.Module, family: str, num: int) -> dict:
+    """|onnxruntime - torch eager| (m) at each of :data:`CHECK_SIZES`."""
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    out = {}
+    for H, W in CHECK_SIZES:
+        x = example_inputs(family, num, H, W, seed=1)
+        got = sess.run(['depth', 'uncertainty'], {k: v.numpy() for k, v in x.items()})
+        with torch.no_grad():
+            ref = _Eval(model)(*x.values())
+        out[f'{H}x{W}'] = float(max(np.abs(g - r.numpy()).max() for g, r in zip(got, ref)))
+    return out
+
+
+def export_checkpoint(ckpt_path: Path | str, onnx_path: Path | str, torch_program: bool = True,
+                      extra: Optional[dict] = None) -> Path:
+    """Write ``NAME.onnx``, ``NAME.pt2`` and ``NAME.json`` from a ``train_focus`` checkpoint."""
+    ckpt_path, onnx_path = Path(ckpt_path), Path(onnx_path)
+    ck = torch.load(ckpt_path, map_location='cpu', weights_only=False)
+    conf = ck['config']
+    family = ck['family']
+    kwargs = conf['model'].get('kwargs', {})
+    model = build(family, kwargs).eval()
+    model.load_state_dict(ck['model'])
+    d = conf['data']
+    size = int(d.get('size', 96))
+    num = int(kwargs.get('num_hypotheses', 32)) if family == 'ddfs' else int(kwargs.get('num_frames', 5))
+    inputs = example_inputs(family, num, size, size)
+    export_onnx_dynamic(model, inputs, onnx_path)
+    prog = export_torch_program_dynamic(model, inputs, onnx_path.with_suffix('.pt2')) if torch_program else None
+    diffs = max_abs_diff(onnx_path, model, family, num)
+    shapes = {k: list(v.shape) for k, v in inputs.items()}
+    # the focus range the network saw, for the node's from_focus rule and for users
+    val_focus = _val_focus_range(Path(d['cache']))
+    manifest = {
+        'name': onnx_path.stem,
+        'family': family,
+        'arch': conf['model'].get('arch'),
+        'onnx': onnx_path.name,
+        'torch_program': prog,
+        'inputs': shapes,
+        'outputs': {'depth': [1, 1, size, size], 'uncertainty': [1, 1, size, size]},
+        'image_size': [size, size],
+        'dynamic_size': True,
+        'size_multiple': SIZE_MULTIPLE,
+        'validated_size': [list(CHECK_SIZES[0]), list(CHECK_SIZES[-1])],
+        'train_processing_width': size,
+        'num_hypotheses': num if family == 'ddfs' else None,
+        'num_frames': num if family == 'dfv' else None,
+        'hypotheses': ({'mode': 'focus_span', 'spacing': 'inverse', 'margin': FOCUS_SPAN_MARGIN,
+                        'min_relative': FOCUS_SPAN_MIN_RELATIVE,
+                        'd_min': round(val_focus[0] / 1.5, 4), 'd_max': round(val_focus[1] * 1.5, 4)}
+                       if family == 'ddfs' else {'mode': 'focus', 'd_min': val_focus[0], 'd_max': val_focus[1],
+                                                 'spacing': 'inverse'}),
+        'train_focus_range': list(val_focus),
+        'reference_frame': 'farthest',
+        'max_coc_px': float(d.get('max_coc_px', 24.0)) if family == 'ddfs' else None,
+        'batch': 1,
+        'params': int(sum(p.numel() for p in model.parameters())),
+        'normalisation': 'RGB in [0, 1], ImageNet mean/std applied inside the graph; cost volume as '
+                         'ddfs_ros.cost_volume.CostVolume returns it; focus volume as ddfs_ros.focus_volume',
+        'frame_order': 'near_to_far' if family == 'dfv' else 'any',
+        'opset': OPSET,
+        'onnx_vs_torch_max_abs_diff_m': diffs,
+        'training': {
+            'config': conf, 'checkpoint': str(ckpt_path), 'samples_seen': int(ck['samples']),
+            'data': 'procedural scenes textured with ../shared/data/textures (BSDS500, Kodak, McMaster, Sun-Hays, '
+                    'Urban100; train split), rgbd_7scenes train frames, real_dfd_indoor_train train scenes '
+                    '(ddfs_ros/data_splits.py); rendered by ddfs_ros.render',
+            'camera': {k: d.get(k) for k in ('frames', 'max_blur_px', 'size')},
+        },
+        'validation': {**(ck.get('val') or {}), 'split': f'{d["cache"]}/val (held-out textures and scenes, '
+                                                          f'same camera distribution; selection only)'},
+    }
+    if extra:
+        manifest.update(extra)
+    add_artifact_hashes(manifest, onnx_path.parent)
+    man_path = onnx_path.with_suffix('.json')
+    man_path.write_text(json.dumps(manifest, indent=1, default=str))
+    return man_path
+
+
+def _val_focus_range(cache: Path) -> tuple[float, float]:
+    """Median nearest and farthest focus distance (m) of the validation stacks."""
+    with np.load(sorted((cache / 'val').glob('shard_[0-9]*.npz'))[0]) as z:
+        focus, n = z['focus'], z['nframes']
+    near = float(np.median([focus[i, :n[i]].min() for i in range(len(n))]))
+    far = float(np.median([focus[i, :n[i]].max() for i in range(len(n))]))
+    return round(near, 4), round(far, 4)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description='Export a focus-network checkpoint to ONNX + manifest.')
+    ap.add_argument('checkpoint')
+    ap.add_argument('--out', required=True, help='engines/NAME.onnx')
+    ap.add_argument('--no-pt2', action='store_true')
+    a = ap.parse_args(argv)
+    man = export_checkpoint(a.checkpoint, a.out, torch_program=not a.no_pt2)
+    m = json.loads(man.read_text())
+    print(f'wrote {a.out} ({Path(a.out).stat().st_size / 1e6:.2f} MB) and {man}; onnxruntime vs eager '
+          f'{m["onnx_vs_torch_max_abs_diff_m"]}')
+
+
+if __name__ == '__main__':
+    main()
