@@ -1,0 +1,76 @@
+"""Learning curves of the focus networks: validation AbsRel against samples seen.
+
+    python -m training.plot_curves --runs ddfs_s dfv_s --out training/learning_curves.png
+
+Reads ``checkpoints/<run>/curve.csv`` (written by ``training.train_focus``) and the
+focus measure scored on the same validation stacks (``focus_measure_val.json``),
+copies both to ``training/curves/`` (committed, so the curve survives the session) and
+draws one line per run with the focus measure as a dashed horizontal line of the same
+colour (each family has its own validation split: the cost-volume family's includes
+other F and aperture pairs).  Prints a Markdown table of the curve.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence
+
+CURVES = Path('training/curves')
+
+
+def load(run: str) -> tuple[list[dict], Optional[dict]]:
+    src = Path('checkpoints') / run
+    CURVES.mkdir(parents=True, exist_ok=True)
+    for name, dst in (('curve.csv', f'{run}.csv'), ('focus_measure_val.json', f'{run}_focus_measure_val.json')):
+        if (src / name).exists():
+            shutil.copyfile(src / name, CURVES / dst)
+    path = CURVES / f'{run}.csv'
+    rows = list(csv.DictReader(path.open())) if path.exists() else []
+    fm_path = CURVES / f'{run}_focus_measure_val.json'
+    fm = json.loads(fm_path.read_text()) if fm_path.exists() else None
+    return rows, fm
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--runs', nargs='+', default=['ddfs_s', 'dfv_s'])
+    ap.add_argument('--out', default='training/learning_curves.png')
+    a = ap.parse_args(argv)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    table = ['| run | samples seen | val AbsRel | val δ1 % | focus measure (same stacks) AbsRel / δ1 % |',
+             '|---|---|---|---|---|']
+    for i, run in enumerate(a.runs):
+        rows, fm = load(run)
+        if not rows:
+            continue
+        color = f'C{i}'
+        x = [int(r['samples']) for r in rows]
+        y = [float(r['val_abs_rel']) for r in rows]
+        ax.plot(x, y, '-o', ms=3, color=color, label=f'{run} (validation)')
+        if fm:
+            ax.axhline(fm['abs_rel'], color=color, ls='--', lw=1, label=f'focus measure on {run} validation')
+        for r in rows[:: max(1, len(rows) // 8)] + rows[-1:]:
+            table.append(f'| {run} | {int(r["samples"]):,} | {float(r["val_abs_rel"]):.4f} | '
+                         f'{float(r["val_delta1"]):.1f} | '
+                         + (f'{fm["abs_rel"]:.4f} / {fm["delta1"]:.1f}' if fm else 'n/a') + ' |')
+    ax.set_xlabel('training samples seen')
+    ax.set_ylabel('validation AbsRel')
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title('Focus networks: validation AbsRel (96 px, held-out textures and scenes)')
+    fig.tight_layout()
+    fig.savefig(a.out, dpi=110)
+    print('\n'.join(table))
+    print(f'wrote {a.out}')
+
+
+if __name__ == '__main__':
+    main()
