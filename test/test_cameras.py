@@ -105,3 +105,52 @@ def test_simulated_motorcycle_scene():
     assert 1.5 < lo < hi < 6.0          # Middlebury motorcycle: about 2.2 to 4.5 m
     sweep = cam.capture_sweep(np.geomspace(lo, hi, 3))
     assert sweep.frames.shape == (3, 48, 64, 3) and sweep.depth_gt.shape == (48, 64)
+
+
+class _FakeFocusCapture:
+    """A VideoCapture stand-in with a focus control that rounds to even raw values."""
+
+    def __init__(self) -> None:
+        self.focus = None
+        self.reads = 0
+
+    def isOpened(self) -> bool:
+        return True
+
+    def set(self, prop, value) -> bool:
+        if prop == cv2.CAP_PROP_FOCUS:
+            self.focus = 2 * (int(value) // 2)
+        return True
+
+    def get(self, prop) -> float:
+        return float(self.focus) if prop == cv2.CAP_PROP_FOCUS else 0.0
+
+    def grab(self) -> bool:
+        return True
+
+    def read(self):
+        self.reads += 1
+        return True, np.full((24, 32, 3), self.focus, np.uint8)
+
+    def release(self) -> None:
+        pass
+
+
+def test_v4l2_capture_raw_reports_the_value_the_driver_set():
+    fake = _FakeFocusCapture()
+    cam = V4L2Camera('fake', width=32, height=24, settle_frames=2, capture_factory=lambda dev, api: fake)
+    got = cam.capture_raw(37)
+    assert got.focus_raw == 36.0 and got.frame.shape == (24, 32, 3)
+    assert got.frame[0, 0, 0] == pytest.approx(36 / 255.0)       # the frame read after the focus was set
+
+
+def test_raw_capture_unsupported_and_simulated_curve():
+    from ddfs_ros.calibration import SimulatedFocusMotor, centre_focus_score
+    cam = SimulatedCamera('plane', 64, 64, focal_length_m=0.008, f_number=2.0, pixel_pitch_m=5e-6)
+    with pytest.raises(CameraError, match='target distance'):
+        cam.capture_raw(100.0)
+    raws = np.arange(0, 256, 8)
+    scores = [centre_focus_score(cam.capture_raw(r, 0.3).frame) for r in raws]
+    # sharpest where the simulated motor focuses at the target
+    best = raws[int(np.argmax(scores))]
+    assert abs(float(SimulatedFocusMotor().distance_m(best)) - 0.3) < 0.03

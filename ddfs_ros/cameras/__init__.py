@@ -1,9 +1,9 @@
 """Focus-sweep camera backends: ``simulated`` (renderer) and ``v4l2`` (OpenCV)."""
 from __future__ import annotations
 
-from .base import CameraError, FocusCamera, Sweep
+from .base import CameraError, FocusCamera, RawFrame, Sweep
 
-__all__ = ['CameraError', 'FocusCamera', 'Sweep', 'make_camera']
+__all__ = ['CameraError', 'FocusCamera', 'RawFrame', 'Sweep', 'make_camera']
 
 
 def make_camera(backend: str, **kwargs) -> FocusCamera:

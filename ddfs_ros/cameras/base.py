@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -38,6 +38,18 @@ class Sweep:
     depth_gt: Optional[np.ndarray] = None
 
 
+class RawFrame(NamedTuple):
+    """One frame at a raw focus control value (focus calibration).
+
+    Attributes:
+        frame: H x W x C float32 in [0, 1], RGB (C = 3) or gray (C = 1).
+        focus_raw: the raw focus value actually set (the driver may round to its own step).
+    """
+
+    frame: np.ndarray
+    focus_raw: float
+
+
 class FocusCamera(ABC):
     """A camera whose focus can be set per frame.
 
@@ -59,6 +71,20 @@ class FocusCamera(ABC):
     @abstractmethod
     def capture_sweep(self, focus_m: Sequence[float], f_numbers: Optional[Sequence[float]] = None) -> Sweep:
         """Capture one frame per focus distance; raises :class:`CameraError` (no partial sweeps)."""
+
+    def capture_raw(self, focus_raw: float, target_m: Optional[float] = None) -> RawFrame:
+        """One frame with the focus control at the raw value ``focus_raw`` (no calibration
+        involved): what ``mode: calibrate`` records.
+
+        Args:
+            focus_raw: raw focus control value (device units, e.g. UVC ``focus_absolute``).
+            target_m: distance (m) of the calibration target; only a simulated camera uses
+                it (it renders the target there), a real target is where the user put it.
+
+        Raises:
+            CameraError: the camera has no raw focus control, or cannot deliver the frame.
+        """
+        raise CameraError(f'{type(self).__name__} has no raw focus control (mode: calibrate needs one)')
 
     def intrinsics(self) -> tuple[float, float, float, float]:
         """(fx, fy, cx, cy) in pixels of the published frame; default the thin-lens pinhole f / p."""

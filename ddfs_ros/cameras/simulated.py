@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..optics import LensModel
-from .base import CameraError, FocusCamera, Sweep
+from .base import CameraError, FocusCamera, RawFrame, Sweep
 
 SCENES = ('motorcycle', 'procedural', 'plane', 'rgbd')
 
@@ -58,6 +58,10 @@ class SimulatedCamera(FocusCamera):
             3 % larger than the farthest), :func:`ddfs_ros.align.misalign_stack`.
         jitter_px: per-frame random shift (uniform in +-jitter_px px) of every frame but the
             farthest-focused one (camera shake); depth_gt stays registered with that frame.
+        focus_motor: the simulated focus control for :meth:`capture_raw` (``mode:
+            calibrate``): an object with ``distance_m(raw)``; default
+            :class:`~ddfs_ros.calibration.SimulatedFocusMotor` (raw 0..255 -> 0.1..2.0 m,
+            non-linear in dioptres), the curve a calibration must recover.
     """
 
     def __init__(self, scene: str = 'motorcycle', width: int = 640, height: int = 480,
@@ -65,8 +69,13 @@ class SimulatedCamera(FocusCamera):
                  noise=None, seed: int = 0, plane_depth_m: float = 1.0,
                  depth_range_m: Sequence[float] = (0.5, 3.0), rgb_path: str = '', depth_path: str = '',
                  depth_scale: float = 0.001, texture: str = 'astronaut', device: str = 'cpu',
-                 breathing: float = 0.0, jitter_px: float = 0.0) -> None:
+                 breathing: float = 0.0, jitter_px: float = 0.0, focus_motor=None) -> None:
         self.breathing, self.jitter_px = float(breathing), float(jitter_px)
+        if focus_motor is None:
+            from ..calibration import SimulatedFocusMotor
+            focus_motor = SimulatedFocusMotor()
+        self.focus_motor = focus_motor
+        self.texture = texture
         if scene not in SCENES:
             raise ValueError(f'scene must be one of {SCENES}, got {scene!r}')
         self.width, self.height = int(width), int(height)
@@ -146,3 +155,31 @@ class SimulatedCamera(FocusCamera):
             frames = linear_to_srgb(self.noise.apply(lin, self._gen)).cpu().numpy().astype(np.float32)
         return Sweep(frames=np.array(frames, dtype=np.float32, copy=True), focus_m=focus, f_numbers=fn,
                      depth_gt=self.depth.copy())
+
+    def capture_raw(self, focus_raw: float, target_m: Optional[float] = None) -> RawFrame:
+        """A textured plane at ``target_m`` seen with the lens focused at
+        ``focus_motor.distance_m(focus_raw)``, plus sensor noise (see the base class)."""
+        if target_m is None or not np.isfinite(target_m) or target_m <= self.lens.focal_length_m:
+            raise CameraError(f'simulated calibration needs a target distance beyond the focal length '
+                              f'({self.lens.focal_length_m} m), got {target_m}')
+        focus = float(self.focus_motor.distance_m(float(focus_raw)))
+        if not np.isfinite(focus) or focus <= self.lens.focal_length_m:
+            raise CameraError(f'raw focus {focus_raw:g} focuses at {focus} m, not beyond the focal length')
+        key = ('plane', self.width, self.height)
+        if key not in self._cache:
+            self._cache[key] = plane_scene(self.width, self.height, 1.0, self.texture)[0]
+        rgb = self._cache[key]
+        import warnings
+
+        from ..render import render_focal_stack
+        with warnings.catch_warnings():
+            # far out of focus the blur exceeds half the frame and the renderer caps it (and
+            # says so): such frames are flat either way, the focus peak is unaffected
+            warnings.simplefilter('ignore', RuntimeWarning)
+            frame = render_focal_stack(rgb, np.full((self.height, self.width), float(target_m), np.float32),
+                                       [focus], self.lens, device=self.device)
+        if self.noise is not None:
+            from ..render import linear_to_srgb, srgb_to_linear
+            lin = srgb_to_linear(torch.from_numpy(frame).to(self.device))
+            frame = linear_to_srgb(self.noise.apply(lin, self._gen)).cpu().numpy()
+        return RawFrame(np.array(frame[0], dtype=np.float32, copy=True), float(focus_raw))

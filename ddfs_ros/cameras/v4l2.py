@@ -22,13 +22,15 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, TypeVar
 
 import cv2
 import numpy as np
 
 from ..optics import LensModel
-from .base import CameraError, FocusCamera, Sweep
+from .base import CameraError, FocusCamera, RawFrame, Sweep
+
+T = TypeVar('T')
 
 log = logging.getLogger(__name__)
 
@@ -174,28 +176,47 @@ class V4L2Camera(FocusCamera):
     def _set_focus(self, distance_m: float) -> float:
         """Set the focus control for ``distance_m``; returns the distance of the value actually set."""
         raw = int(round(float(self.calibration.raw_for_distance(distance_m))))
-        if not self.cap.set(cv2.CAP_PROP_FOCUS, raw):
-            raise CameraError(f'camera {self.device} rejected focus control value {raw} '
-                              f'(for {distance_m:.3f} m): no manual focus on this device?')
+        got = self._set_raw(raw, f' (for {distance_m:.3f} m)')
+        return float(self.calibration.distance_for_raw(got))
+
+    def _set_raw(self, raw: int, why: str = '') -> float:
+        """Set the focus control to ``raw``; returns the raw value the driver reports having set."""
+        if not self.cap.set(cv2.CAP_PROP_FOCUS, int(raw)):
+            raise CameraError(f'camera {self.device} rejected focus control value {int(raw)}{why}: no manual '
+                              'focus on this device?')
         got = self.cap.get(cv2.CAP_PROP_FOCUS)
         if got is not None and np.isfinite(got) and got >= 0:
-            raw = got        # the driver may round to its own step: report what it has
-        return float(self.calibration.distance_for_raw(raw))
+            return float(got)    # the driver may round to its own step: report what it has
+        return float(raw)
+
+    def _settled_frame(self) -> np.ndarray:
+        """Discard ``settle_frames`` frames (the lens is moving), then one H x W x C float32 frame."""
+        for _ in range(self.settle_frames):
+            if not self.cap.grab():
+                raise CameraError(f'camera {self.device} stopped delivering frames (unplugged?)')
+        bgr = self._read()
+        if bgr.shape[:2] != (self.height, self.width):
+            bgr = cv2.resize(bgr, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if bgr.ndim == 3 else bgr[..., None]
+        return rgb.astype(np.float32) / 255.0
 
     def _sweep_once(self, focus_m: np.ndarray) -> Sweep:
         self.open()
         frames, actual = [], []
         for s in focus_m:
             actual.append(self._set_focus(float(s)))
-            for _ in range(self.settle_frames):
-                if not self.cap.grab():
-                    raise CameraError(f'camera {self.device} stopped delivering frames (unplugged?)')
-            bgr = self._read()
-            if bgr.shape[:2] != (self.height, self.width):
-                bgr = cv2.resize(bgr, (self.width, self.height), interpolation=cv2.INTER_AREA)
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if bgr.ndim == 3 else bgr[..., None]
-            frames.append(rgb.astype(np.float32) / 255.0)
+            frames.append(self._settled_frame())
         return Sweep(frames=np.stack(frames), focus_m=np.asarray(actual, dtype=np.float64))
+
+    def _raw_once(self, focus_raw: float) -> RawFrame:
+        self.open()
+        got = self._set_raw(int(round(float(focus_raw))))
+        return RawFrame(self._settled_frame(), got)
+
+    def capture_raw(self, focus_raw: float, target_m: Optional[float] = None) -> RawFrame:
+        """One frame at raw focus value ``focus_raw`` (``target_m`` unused: the target is real);
+        retried and held off like :meth:`capture_sweep`."""
+        return self._attempt(lambda: self._raw_once(focus_raw))
 
     def capture_sweep(self, focus_m, f_numbers=None) -> Sweep:
         """One full sweep, retried with back-off; :class:`CameraError` after ``retries`` attempts.
@@ -205,6 +226,10 @@ class V4L2Camera(FocusCamera):
         is tried again when the hold-off is over).
         """
         focus = np.asarray(focus_m, dtype=np.float64)
+        return self._attempt(lambda: self._sweep_once(focus))
+
+    def _attempt(self, once: Callable[[], T]) -> T:
+        """``once()`` with retries, back-off and the hold-off after a failure (see :meth:`capture_sweep`)."""
         with self._lock:
             now = self._clock()
             if now < self._hold_until:
@@ -213,9 +238,9 @@ class V4L2Camera(FocusCamera):
             last: Optional[Exception] = None
             for attempt in range(1, self.retries + 1):
                 try:
-                    sweep = self._sweep_once(focus)
+                    result = once()
                     self._hold_s = self.backoff_s
-                    return sweep
+                    return result
                 except (CameraError, cv2.error) as e:
                     last = e
                     self.failures += 1
