@@ -55,6 +55,27 @@ def _namespace(topics: Sequence[str], namespace: Optional[str]) -> str:
     return normalize_namespace(found[0])
 
 
+def _deserialize(reader, raw: bytes, msgtype: str):
+    """``reader.deserialize``, tolerating bytes after the end of the message.
+
+    rosbags refuses CDR payloads with more than 3 bytes past the message's end; the
+    rmw_fastrtps build in this project's environment serialises a JointState whose last
+    sequences are empty with 4-8 such bytes (Fast CDR aligns for the absent doubles), so
+    ``ros2 bag record`` of ``calibration/lens_state`` made here would not be readable.
+    The message itself is complete; the surplus is ignored.
+    """
+    from rosbags.highlevel import AnyReaderError
+    try:
+        return reader.deserialize(raw, msgtype)
+    except AnyReaderError:
+        if len(raw) < 4 or bytes(raw[:2]) not in (b'\x00\x00', b'\x00\x01'):
+            raise
+        ts = typestore()
+        msgdef = ts.get_msgdef(msgtype)
+        func = msgdef.deserialize_cdr_le if raw[1] else msgdef.deserialize_cdr_be
+        return func(memoryview(raw)[4:], 0, msgdef.cls, ts)[0]
+
+
 def read_calibration_bag(path, namespace: Optional[str] = None) -> Iterator[CalibrationFrame]:
     """Calibration frames of a bag, paired by exact header stamp, in stamp order.
 
@@ -70,7 +91,7 @@ def read_calibration_bag(path, namespace: Optional[str] = None) -> Iterator[Cali
             raise CalibrationError(f'bag lacks {ns}/{TOPIC_CAL_IMAGE} or {ns}/{TOPIC_CAL_LENS}')
         groups: dict = {}
         for conn, _, raw in reader.messages(connections=conns):
-            msg = reader.deserialize(raw, conn.msgtype)
+            msg = _deserialize(reader, raw, conn.msgtype)
             groups.setdefault(stamp_to_ns(msg.header.stamp), {})[want[conn.topic]] = msg
     skipped = 0
     for stamp in sorted(groups):
