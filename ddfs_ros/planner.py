@@ -35,11 +35,13 @@ The planner minimises the mean relative error over depths uniform in dioptres
 (``weighting='dioptre'``, the default: blur is linear in dioptres, and the rendered and
 real scenes place objects so; or uniform in metres) over the focus dioptres of the
 interior frames; the two end frames sit on the range ends, so both ends are bracketed.
-L-BFGS-B from uniform-in-dioptre and uniform-in-depth starts; the result is never worse
-in the model than uniform-in-dioptre spacing (that schedule is returned if nothing
-beats it).  What comes out for the usual lenses: close to uniform in dioptres, shifted
-a little toward the far end (a dioptre there is worth more relative depth) and spaced
-by blur rather than dioptres where ``A_i`` differs (focus close to ``f``).
+L-BFGS-B from uniform-in-dioptre and uniform-in-depth starts.  Uniform-in-dioptre spacing
+is returned unless the optimum beats it by :data:`MIN_MODEL_GAIN` in the model: for the
+usual lenses the optimum is uniform in dioptres shifted a little toward the far end (a
+dioptre there is worth more relative depth), 0-7 % better in the model, and measured that
+small a gain did not hold up (README).  So the planner's job is mostly the range ends and
+the snapping to a calibration; it departs from dioptre spacing where blur is far from
+linear in dioptres or the usable blur runs out between frames.
 
 With a calibration, the plan is snapped to the raw focus values the lens can actually
 take (:func:`snap_to_calibration`), and the distances reported are those of the snapped
@@ -61,6 +63,11 @@ DEFAULT_PROCESSING_WIDTH = 256
 PIXEL_FLOOR_PX = 1.0
 #: Blur read-out error per px of blur (``kappa`` of the model); scales the error, not the plan.
 BLUR_NOISE_FRACTION = 0.25
+#: Least model gain over uniform-in-dioptre spacing (fraction of its error) for which the
+#: planner departs from it.  Measured (README, bench/real_camera.py plan, 8 scenes): a
+#: schedule 2.7 % better in the model was better for the focus measure and one engine and
+#: worse for two; gains that small are inside the model's own error.
+MIN_MODEL_GAIN = 0.10
 
 
 @dataclass
@@ -196,8 +203,10 @@ def plan_schedule(problem: PlanProblem, frames: int) -> Plan:
             cand = to_focus(res.x)
             if np.unique(np.round(cand, 9)).size == frames and float(res.fun) < best_val:
                 best_focus, best_val = cand, float(res.fun)
-    # never worse than uniform-in-dioptre spacing on the full evaluation grid either
-    if expected_relative_error(best_focus, problem) > expected_relative_error(dioptre, problem):
+    # depart from uniform-in-dioptre spacing only for a clear model gain (MIN_MODEL_GAIN),
+    # judged on the full evaluation grid
+    if expected_relative_error(best_focus, problem) > (1.0 - MIN_MODEL_GAIN) * expected_relative_error(dioptre,
+                                                                                                      problem):
         best_focus = dioptre
     plan = Plan(focus_m=best_focus, expected_rel_error=expected_relative_error(best_focus, problem))
     plan.compared = compare_schedules(problem, frames, best_focus)
