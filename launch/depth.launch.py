@@ -18,7 +18,7 @@ Failure behaviour (issue 12):
   ``engine:=``, bad parameter, crash), the launch logs which one and its exit code and
   shuts down, stopping the other one too.
 """
-from launch import LaunchDescription
+from launch import LaunchDescription, Substitution
 from launch.actions import (DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, SetEnvironmentVariable,
                             Shutdown)
 from launch.event_handlers import OnProcessExit
@@ -27,6 +27,25 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackagePrefix, FindPackageShare
+
+
+def align_for(camera: str, align: str) -> str:
+    """The inference node's ``align`` for a launch: ``auto`` means ``similarity`` with a V4L2
+    camera (focus breathing and a moving camera misalign its frames) and ``off`` with the
+    simulated one (its frames line up); ``off`` / ``similarity`` are taken as given."""
+    if align != 'auto':
+        return align
+    return 'similarity' if camera == 'v4l2' else 'off'
+
+
+class _AlignFor(Substitution):
+    """:func:`align_for` of the ``camera`` and ``align`` launch arguments, at launch time."""
+
+    def describe(self) -> str:
+        return 'align_for(camera, align)'
+
+    def perform(self, context) -> str:
+        return align_for(LaunchConfiguration('camera').perform(context), LaunchConfiguration('align').perform(context))
 
 
 def exit_reason(name: str, returncode) -> str:
@@ -73,6 +92,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('camera', default_value='simulated', description='simulated | v4l2',
                               choices=['simulated', 'v4l2']),
         DeclareLaunchArgument('device', default_value='/dev/video0', description='v4l2 device'),
+        DeclareLaunchArgument('align', default_value='auto',
+                              description='inference align (overrides inference_params): auto = similarity '
+                                          'with camera:=v4l2, off with the simulated camera',
+                              choices=['auto', 'off', 'similarity']),
         DeclareLaunchArgument('engine', default_value='engines/dfv_cv_s.json',
                               description='engine manifest (.json), relative to the package share dir or absolute'),
         DeclareLaunchArgument('backend', default_value='auto', description='auto | tensorrt | onnxruntime | torch',
@@ -99,7 +122,7 @@ def generate_launch_description() -> LaunchDescription:
         package='ddfs_ros', executable='inference_node', name='inference_node', namespace=ns, output='screen',
         parameters=[LaunchConfiguration('inference_params'),
                     {'engine': LaunchConfiguration('engine'), 'backend': LaunchConfiguration('backend'),
-                     'use_sim_time': sim_time}])
+                     'align': _AlignFor(), 'use_sim_time': sim_time}])
     return LaunchDescription(args + [
         SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE', LaunchConfiguration('fastdds_profile')),
         # Checks first, processes last: a launch that fails while resolving an action must

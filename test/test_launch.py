@@ -151,7 +151,7 @@ def _fake_launch_modules(logger):
         return type(name, (base,), {})
 
     return {
-        'launch': mod('launch', LaunchDescription=cls('LaunchDescription')),
+        'launch': mod('launch', LaunchDescription=cls('LaunchDescription'), Substitution=_Recorded),
         'launch.actions': mod('launch.actions', **{n: cls(n) for n in (
             'DeclareLaunchArgument', 'OpaqueFunction', 'RegisterEventHandler', 'SetEnvironmentVariable',
             'Shutdown')}),
@@ -216,3 +216,16 @@ def test_launch_checks_rviz_before_starting_the_nodes(fake_launch):
     assert level == 'warning' and 'rviz2 is not installed' in text and 'rviz:=false' in text
     started = fn(_Context({'rviz': 'true'}, installed={'rviz2'}), *args)
     assert [(n.kwargs['package'], n.kwargs['executable']) for n in started] == [('rviz2', 'rviz2')]
+
+
+@pytest.mark.parametrize('camera,align,want', [('v4l2', 'auto', 'similarity'), ('simulated', 'auto', 'off'),
+                                               ('v4l2', 'off', 'off'), ('simulated', 'similarity', 'similarity')])
+def test_align_defaults_on_for_the_v4l2_camera(fake_launch, camera, align, want):
+    mod, entities, kinds, logger = fake_launch
+    declared = {e.args[0]: e.kwargs for e in entities if type(e).__name__ == 'DeclareLaunchArgument'}
+    assert declared['align']['default_value'] == 'auto'
+    inference = next(e for e in entities if type(e).__name__ == 'Node'
+                     and e.kwargs['executable'] == 'inference_node')
+    sub = inference.kwargs['parameters'][-1]['align']       # after inference_params: it wins
+    assert sub.perform(_Context(values={'camera': camera, 'align': align})) == want
+
