@@ -118,3 +118,16 @@ def test_cli_reports_error_exit_code(tmp_path, capsys):
     calibrate_cli.write_calibration_bag(path, [0.2, 0.5], np.arange(0, 256, 32), size=(32, 32))
     assert calibrate_cli.main(['focus', str(path), '--out', str(tmp_path / 'c.yaml')]) == 2
     assert 'at least 3' in capsys.readouterr().err
+
+
+def test_ddfs_bag_calibration_then_ddfs_calibrate(tmp_path):
+    from ddfs_ros.eval import bag_cli
+    bag = tmp_path / 'sim_cal'
+    assert bag_cli.main(['calibration', str(bag), '--distances', '0.15,0.3,0.6,1.0', '--raw', '0:255:16',
+                         '--size', '48x40', '--encoding', 'mono8']) == 0
+    frames = list(calibrate_cli.read_calibration_bag(bag))
+    assert len(frames) == 4 * 16 and frames[0].image.shape == (40, 48, 1)
+    fit = calibrate_cli.calibrate_bag(bag)
+    assert sorted(p.target_m for p in fit.peaks) == [0.15, 0.3, 0.6, 1.0]
+    assert bag_cli.main(['calibration', str(bag)]) == 2                    # exists: refused
+    assert bag_cli.main(['calibration', str(tmp_path / 'x'), '--raw', '10:5:1']) == 2

@@ -468,7 +468,45 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser('info', help='list the stacks of a bag and what is wrong with any of them')
     i.add_argument('bag')
     i.add_argument('--namespace', default=None)
+    c = sub.add_parser('calibration', help='render a focus-calibration bag (input of ddfs-calibrate focus): a '
+                       'textured plane at each distance, swept over raw focus values with a known lens curve')
+    c.add_argument('out', help='output bag folder (must not exist)')
+    c.add_argument('--distances', default='0.12,0.17,0.25,0.4,0.7,1.2',
+                   help='comma-separated target distances (m)')
+    c.add_argument('--raw', default='0:255:8', metavar='MIN:MAX:STEP', help='raw focus sweep (inclusive of MIN)')
+    c.add_argument('--size', default='64x64', help='WxH of the frames')
+    c.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap')
+    c.add_argument('--namespace', default=DEFAULT_NAMESPACE)
+    c.add_argument('--encoding', choices=WRITE_ENCODINGS, default='rgb8')
+    c.add_argument('--no-noise', action='store_true', help='render without sensor noise')
+    c.add_argument('--seed', type=int, default=0)
     return p
+
+
+def cmd_calibration(args) -> int:
+    """``ddfs-bag calibration``: :func:`ddfs_ros.eval.calibrate_cli.write_calibration_bag` with
+    :class:`~ddfs_ros.calibration.SimulatedFocusMotor` (raw 0..255 -> 0.1..2.0 m)."""
+    from .calibrate_cli import write_calibration_bag
+    try:
+        distances = [float(x) for x in args.distances.split(',') if x.strip()]
+        lo, hi, step = (float(x) for x in args.raw.split(':'))
+        W, H = (int(x) for x in args.size.lower().split('x'))
+    except ValueError as e:
+        LOG.error(f'bad --distances / --raw / --size: {e}')
+        return 2
+    if step <= 0 or hi <= lo:
+        LOG.error(f'--raw {args.raw}: need MIN < MAX and STEP > 0')
+        return 2
+    raws = lo + step * np.arange(int(np.floor((hi - lo) / step + 1e-9)) + 1)
+    if Path(args.out).exists():
+        LOG.error(f'{args.out} exists')
+        return 2
+    n = write_calibration_bag(args.out, distances, raws, size=(W, H), encoding=args.encoding,
+                              namespace=args.namespace, storage=args.storage, noise=not args.no_noise,
+                              seed=args.seed)
+    LOG.info(f'wrote {n} frames ({len(distances)} distances x {raws.size} raw values) to {args.out}; '
+             f'next: ddfs-calibrate focus {args.out} --out calib.yaml')
+    return 0
 
 
 def apply_overrides(cam: CameraConfig, args) -> CameraConfig:
@@ -548,6 +586,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == 'make':
         return cmd_make(args)
+    if args.cmd == 'calibration':
+        return cmd_calibration(args)
     return cmd_info(args)
 
 
