@@ -64,7 +64,7 @@ def test_launch_description_loads_with_real_launch():
     assert {'capture_node', 'inference_node'} <= execs        # rviz2 comes from an OpaqueFunction (checked)
 
 
-def test_rviz_config_shows_stack_depth_uncertainty_colorized_and_cloud():
+def test_rviz_config_shows_stack_depth_uncertainty_colorized_cloud_and_all_in_focus():
     cfg = yaml.safe_load((ROOT / 'config' / 'depth.rviz').read_text())
     displays = cfg['Visualization Manager']['Displays']
     topics = {d['Topic']['Value']: d['Class'] for d in displays if 'Topic' in d}
@@ -74,6 +74,7 @@ def test_rviz_config_shows_stack_depth_uncertainty_colorized_and_cloud():
         '/camera/depth/uncertainty': 'rviz_default_plugins/Image',
         '/camera/depth/image_colorized': 'rviz_default_plugins/Image',
         '/camera/depth/points': 'rviz_default_plugins/PointCloud2',
+        '/camera/all_in_focus/image': 'rviz_default_plugins/Image',
     }
     assert cfg['Visualization Manager']['Global Options']['Fixed Frame'] == 'camera_optical_frame'
 
