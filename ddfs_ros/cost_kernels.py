@@ -35,6 +35,18 @@ def available() -> bool:
     return numba is not None
 
 
+# Compiling the kernels is most of a first start (issue 12, item 10).  numba's default
+# cache sits next to this file, read-only on system installs and deleted by every
+# reinstall; keep it in the user cache instead (ddfs_ros.user_cache), unless
+# NUMBA_CACHE_DIR chose a directory.  numba reads CACHE_DIR when a cache=True function
+# is decorated, so it is set around the decorators below only: other numba users in the
+# process keep their own cache.
+_PREVIOUS_CACHE_DIR = None
+if numba is not None and not numba.config.CACHE_DIR:
+    from .user_cache import numba_cache_dir
+    _PREVIOUS_CACHE_DIR = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = str(numba_cache_dir())
+
 if numba is not None:
 
     @njit(cache=True, fastmath=False, inline='always')
@@ -112,6 +124,9 @@ if numba is not None:
                 for y in range(H):
                     for x in range(W):
                         acc[y, x] += np.sqrt(max(smooth[y, x], np.float32(0.0)))
+
+if _PREVIOUS_CACHE_DIR is not None:
+    numba.config.CACHE_DIR = _PREVIOUS_CACHE_DIR
 
 
 def fused_cost(deblurred: np.ndarray, taps: np.ndarray, rows: np.ndarray, cols: np.ndarray,

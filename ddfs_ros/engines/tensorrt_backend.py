@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..user_cache import cache_root
 from .base import Engine
 from .manifest import (ONNX_FP16, ONNX_FP16_SHA256, EngineError, EngineManifest, read_onnx, read_verified)
 
@@ -45,8 +46,9 @@ DEFAULT_PRECISION = 'fp32'
 
 
 def cache_dir() -> Path:
-    """Where plans live: ``$DDFS_TRT_CACHE`` or ``~/.cache/ddfs_ros/trt``."""
-    return Path(os.environ.get('DDFS_TRT_CACHE', Path.home() / '.cache' / 'ddfs_ros' / 'trt'))
+    """Where plans live: ``$DDFS_TRT_CACHE``, else ``trt/`` in the user cache
+    (:func:`ddfs_ros.user_cache.cache_root`, default ``~/.cache/ddfs_ros/trt``)."""
+    return Path(os.environ.get('DDFS_TRT_CACHE') or cache_root() / 'trt')
 
 
 def plan_key(sha256: str, trt_version: str, capability: tuple[int, int], precision: str) -> str:
