@@ -130,3 +130,50 @@ def build_cost_argmin_engines(folder: Path, processing_width: int = 64) -> dict:
 def cost_argmin_engines(tmp_path_factory) -> dict:
     """:func:`build_cost_argmin_engines` in a session temp folder."""
     return build_cost_argmin_engines(tmp_path_factory.mktemp('argmin_engines'))
+
+
+# -- The shipped engines (engines/*.json) -------------------------------------------------
+# They are replaced from time to time (sizes, inputs, names change): tests read what they
+# need from the manifest and skip, saying so, when an engine is absent.
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / 'engines'
+
+
+def shipped_engine(name: str) -> Path:
+    """``engines/NAME.json``, or skip the calling test naming the absent file."""
+    path = SHIPPED_DIR / f'{name}.json'
+    if not path.is_file():
+        pytest.skip(f'shipped engine engines/{name}.json is absent (engines/ holds '
+                    f'{sorted(p.name for p in SHIPPED_DIR.glob("*.json")) or "no manifest"})')
+    return path
+
+
+def shipped_engine_params() -> list:
+    """One ``pytest.param`` per ``engines/*.json`` (id = its name); one skipped param if there is none."""
+    paths = sorted(SHIPPED_DIR.glob('*.json'))
+    if not paths:
+        return [pytest.param(None, marks=pytest.mark.skip(reason='no shipped engine in engines/'))]
+    return [pytest.param(p, id=p.stem) for p in paths]
+
+
+def validation_absrel(path: Path) -> float:
+    """The held-out validation AbsRel the manifest records, or skip the calling test."""
+    import json
+    value = (json.loads(Path(path).read_text()).get('validation') or {}).get('absrel')
+    if value is None:
+        pytest.skip(f'{Path(path).name} records no validation AbsRel to compare with')
+    return float(value)
+
+
+#: Depth of the plane :func:`rendered_plane_stack` renders (m).
+PLANE_DEPTH_M = 3.0
+
+
+def rendered_plane_stack(size: int = 128, noise=None, **stack_kw):
+    """A simulated 5-frame sweep (focus 2.2-4.7 m) of a textured fronto-parallel plane at 3 m."""
+    import numpy as np
+
+    from ddfs_ros.cameras.simulated import SimulatedCamera
+    from ddfs_ros.stack import FocalStack
+    cam = SimulatedCamera('plane', size, size, 0.05, 2.0, 42e-6, noise=noise, plane_depth_m=PLANE_DEPTH_M)
+    sweep = cam.capture_sweep(np.geomspace(2.2, 4.7, 5))
+    return FocalStack(sweep.frames, sweep.focus_m, cam.lens, **stack_kw)
