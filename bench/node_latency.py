@@ -31,23 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench._ros import plane_stacks, ros_env, shut_down
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _env() -> dict:
-    return {'ROS_DOMAIN_ID': str(1 + (os.getpid() + 50) % 100), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-            'FASTRTPS_DEFAULT_PROFILES_FILE': str(ROOT / 'config' / 'fastdds.xml')}
-
-
-def make_stacks(size: int, count: int = 4):
-    from ddfs_ros.cameras.simulated import SimulatedCamera
-    from ddfs_ros.optics import focus_schedule
-    from ddfs_ros.stack import FocalStack
-    pitch = 21e-6 * 256 / size          # the same sensor at each resolution
-    cam = SimulatedCamera('plane', size, size, 0.025, 2.0, pitch, plane_depth_m=3.0,
-                          noise={'full_well': 1000.0, 'read_noise': 2.0})
-    focus = focus_schedule(2.2, 4.7, 5)
-    return [FocalStack(s.frames, s.focus_m, cam.lens) for s in (cam.capture_sweep(focus) for _ in range(count))]
 
 
 def direct_ms(pipeline, stacks, n: int) -> list[float]:
@@ -145,14 +131,7 @@ def ros_run(engine_path: str, backend: str, stacks, n: int, load: float, namespa
             lat = [(received[s] - t) * 1e3 for s, t in sent.items() if s in received]
         return paired_ros, paired_direct, lat, len(sent) - len(lat), period_s
     finally:
-        executor.shutdown(timeout_sec=2.0)
-        node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        shut_down(executor, node, ctx, proc)
 
 
 def main(argv=None) -> int:
@@ -163,7 +142,7 @@ def main(argv=None) -> int:
     ap.add_argument('--sizes', default='128,256')
     ap.add_argument('--paired', type=int, default=15, help='paired ROS/direct round trips per size')
     args = ap.parse_args(argv)
-    os.environ.update(_env())
+    os.environ.update(ros_env(50))
     from bench._engines import bench_engines
     from ddfs_ros.engines import load_engine
     from ddfs_ros.pipeline import DepthPipeline
@@ -176,7 +155,7 @@ def main(argv=None) -> int:
           f'{engine.description}; F = 5, rgb8; ROS: inference node in its own process, Fast DDS shm profile')
     last = None
     for size in (int(s) for s in args.sizes.split(',')):
-        stacks = make_stacks(size)
+        stacks = plane_stacks(size, size, 4)
         direct_ms(pipeline, stacks, 3)        # this size's filter bank and buffers
         pr, pd, lat, drops, period = ros_run(path, args.backend, stacks, args.stacks, args.load, f'/bench{size}',
                                              pipeline, args.paired)

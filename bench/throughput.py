@@ -40,30 +40,16 @@ from pathlib import Path
 
 import numpy as np
 
+from bench._ros import plane_stacks, ros_env, shut_down
+
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = ('depth/image', 'depth/uncertainty', 'all_in_focus/image')
-
-
-def _env() -> dict:
-    return {'ROS_DOMAIN_ID': str(1 + (os.getpid() + 70) % 100), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-            'FASTRTPS_DEFAULT_PROFILES_FILE': str(ROOT / 'config' / 'fastdds.xml')}
 
 
 def proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (Linux /proc)."""
     fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
-
-
-def make_stacks(width: int, height: int, count: int = 3):
-    from ddfs_ros.cameras.simulated import SimulatedCamera
-    from ddfs_ros.optics import focus_schedule
-    from ddfs_ros.stack import FocalStack
-    pitch = 21e-6 * 256 / width          # the same sensor at each resolution
-    cam = SimulatedCamera('plane', width, height, 0.025, 2.0, pitch, plane_depth_m=3.0,
-                          noise={'full_well': 1000.0, 'read_noise': 2.0})
-    focus = focus_schedule(2.2, 4.7, 5)
-    return [FocalStack(s.frames, s.focus_m, cam.lens) for s in (cam.capture_sweep(focus) for _ in range(count))]
 
 
 def direct_cpu_ms(pipeline, stacks, n: int) -> float:
@@ -158,14 +144,7 @@ def ros_run(engine: str, stacks, seconds: float, processing_width: int, namespac
                 'bench_cpu_ms': cpu_self / max(ok, 1) * 1e3, 'sent': len(sent), 'drops': len(sent) - ok,
                 'wall_s': wall}
     finally:
-        executor.shutdown(timeout_sec=2.0)
-        node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        shut_down(executor, node, ctx, proc)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -198,7 +177,7 @@ def main(argv=None) -> int:
     ap.add_argument('--processing-width', type=int, default=256)
     ap.add_argument('--plot', default=str(ROOT / 'bench' / 'throughput.png'))
     args = ap.parse_args(argv)
-    os.environ.update(_env())
+    os.environ.update(ros_env(70))
     from ddfs_ros.engines import load_engine
     from ddfs_ros.pipeline import DepthPipeline
     rows = []
@@ -212,7 +191,7 @@ def main(argv=None) -> int:
         pipeline = DepthPipeline(engine, 'from_focus', processing_width=args.processing_width)
         for size in args.sizes.split(','):
             w, h = (int(x) for x in size.lower().split('x'))
-            stacks = make_stacks(w, h)
+            stacks = plane_stacks(w, h, 3)
             direct = direct_cpu_ms(pipeline, stacks, args.direct)
             r = ros_run(eng_path, stacks, args.seconds, args.processing_width, f'/tp{os.getpid()}')
             r.update(engine=engine.manifest.name, size=size, pixels=w * h, direct_cpu_ms=direct,
