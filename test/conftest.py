@@ -8,9 +8,50 @@ manifest ``.json`` paths).  Built once per session (about 15 s on one core).
 """
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The environment of every ROS test and of the node processes they start: a domain of
+#: this process's own, discovery on this host only, the package's Fast DDS profile.
+ROS_ENV = {'ROS_DOMAIN_ID': str(1 + os.getpid() % 100), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
+           'FASTRTPS_DEFAULT_PROFILES_FILE': str(ROOT / 'config' / 'fastdds.xml')}
+
+
+def pytest_configure(config):
+    os.environ.update(ROS_ENV)          # before any rclpy context exists in this process
+
+
+def wait_until(pred, timeout=10.0, period=0.01) -> bool:
+    """Poll ``pred`` until it is true or ``timeout`` seconds passed; its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(period)
+    return bool(pred())
+
+
+@pytest.fixture(scope='module')
+def ros():
+    """``(context, executor)``: an rclpy context and a 4-thread executor spinning in the background."""
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    executor = MultiThreadedExecutor(num_threads=4, context=ctx)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    yield ctx, executor
+    executor.shutdown(timeout_sec=2.0)
+    rclpy.try_shutdown(context=ctx)
+    thread.join(timeout=5.0)
+
 
 TINY_SIZE = 64
 TINY_D = 16
@@ -135,7 +176,7 @@ def cost_argmin_engines(tmp_path_factory) -> dict:
 # -- The shipped engines (engines/*.json) -------------------------------------------------
 # They are replaced from time to time (sizes, inputs, names change): tests read what they
 # need from the manifest and skip, saying so, when an engine is absent.
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / 'engines'
+SHIPPED_DIR = ROOT / 'engines'
 
 
 def shipped_engine(name: str) -> Path:

@@ -11,40 +11,24 @@
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image, JointState
 
-ROOT = Path(__file__).resolve().parents[1]
-DOMAIN_ID = str(1 + (os.getpid() + 37) % 100)
-os.environ.update({'ROS_DOMAIN_ID': DOMAIN_ID, 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-                   'FASTRTPS_DEFAULT_PROFILES_FILE': str(ROOT / 'config' / 'fastdds.xml')})
+from ddfs_ros import ros_io
+from ddfs_ros.nodes.common import subscription_qos
 
-import rclpy  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from sensor_msgs.msg import Image, JointState  # noqa: E402
-
-from ddfs_ros import ros_io  # noqa: E402
-from ddfs_ros.nodes.common import subscription_qos  # noqa: E402
+from conftest import wait_until
 
 pytestmark = pytest.mark.ros
 DISTANCES = [0.12, 0.17, 0.25, 0.4, 0.7, 1.2]
 NS = '/tcal'
-
-
-def wait_until(pred, timeout=10.0, period=0.01) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(period)
-    return bool(pred())
 
 
 class Recorder(Node):
@@ -62,19 +46,6 @@ class Recorder(Node):
     def _keep(self, topic, msgtype, msg) -> None:
         with self.lock:
             self.msgs.append((f'{NS}/{topic}', msgtype, msg))
-
-
-@pytest.fixture(scope='module')
-def ros():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    executor = MultiThreadedExecutor(num_threads=4, context=ctx)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield ctx, executor
-    executor.shutdown(timeout_sec=2.0)
-    rclpy.try_shutdown(context=ctx)
-    thread.join(timeout=5.0)
 
 
 def _write_bag(path: Path, msgs: list) -> None:

@@ -5,40 +5,25 @@ Uses the dynamic-size tiny engine (``cost_argmin_engines``) at processing_width 
 """
 from __future__ import annotations
 
-import os
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-os.environ.update({'ROS_DOMAIN_ID': str(1 + os.getpid() % 100), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-                   'FASTRTPS_DEFAULT_PROFILES_FILE': str(ROOT / 'config' / 'fastdds.xml')})
-
-import rclpy  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from ddfs_ros import ros_io  # noqa: E402
 from ddfs_ros.cameras.simulated import SimulatedCamera  # noqa: E402
 from ddfs_ros.nodes.common import publisher_qos, subscription_qos  # noqa: E402
 from ddfs_ros.stack import FocalStack  # noqa: E402
 
+from conftest import wait_until
+
 pytestmark = pytest.mark.ros
 FOCUS = np.array([0.1, 0.15, 0.3, 0.7, 1.5])
-
-
-def _wait(pred, timeout=15.0) -> bool:
-    import time
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return bool(pred())
 
 
 class _Collect(Node):
@@ -75,7 +60,7 @@ def test_all_in_focus_and_depth_at_input_size_over_ros(cost_argmin_engines):
     th = threading.Thread(target=ex.spin, daemon=True)
     th.start()
     try:
-        assert _wait(lambda: all(p.get_subscription_count() > 0 for p in pubs.values())
+        assert wait_until(lambda: all(p.get_subscription_count() > 0 for p in pubs.values())
                      and node.pub_aif.get_subscription_count() > 0, 10.0), 'discovery failed'
         cam = SimulatedCamera('plane', 64, 48, 0.0029, 1.0, 3.1e-3 / 512, plane_depth_m=0.25)
         sweep = cam.capture_sweep(FOCUS)
@@ -86,7 +71,8 @@ def test_all_in_focus_and_depth_at_input_size_over_ros(cost_argmin_engines):
             for k, m in (('camera_info', info), ('lens_state', lens), ('image', image)):
                 pubs[k].publish(m)
             stamp = ros_io.stamp_to_ns(image.header.stamp)
-            assert _wait(lambda: all(stamp in col.msgs[t] for t in col.msgs)), {t: list(v) for t, v in col.msgs.items()}
+            assert wait_until(lambda: all(stamp in col.msgs[t] for t in col.msgs), 15.0), \
+                {t: list(v) for t, v in col.msgs.items()}
             with col.lock:
                 aif, depth = col.msgs['all_in_focus/image'][stamp], col.msgs['depth/image'][stamp]
             assert (depth.height, depth.width) == (48, 64)
