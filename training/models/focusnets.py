@@ -23,7 +23,7 @@ distance in dioptres, where the thin-lens blur is linear.
   focus cue); fixed F.
 
 Both return ``(depth, uncertainty)`` in eval mode (B x 1 x H x W metres; uncertainty =
-std of the depth distribution), and a dict with ``depth``, ``uncertainty`` and
+first-order std of depth, from the std in dioptres), and a dict with ``depth``, ``uncertainty`` and
 ``prob`` in training mode.  H and W must be multiples of :data:`SIZE_MULTIPLE`.
 """
 from __future__ import annotations
@@ -90,20 +90,22 @@ def _normalise(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def expectation_in_dioptres(prob: torch.Tensor, values_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Depth and its std from a per-pixel distribution over depth values.
+    """Depth and its std from a per-pixel distribution over depth values, both taken in dioptres.
 
     Args:
         prob: B x K x H x W probabilities (sum 1 over K).
         values_m: B x K depths (m) the K bins stand for.
 
     Returns:
-        depth B x 1 x H x W = 1 / E[1/d] (m); uncertainty B x 1 x H x W = sqrt(E[(d - depth)^2]) (m).
+        depth B x 1 x H x W = 1 / E[u] (m) with u = 1 / d; uncertainty B x 1 x H x W =
+        std(u) / E[u]^2 (m), the first-order std of depth.  Why not the std in metres: with
+        hypotheses uniform in dioptres a little mass on the far bins (tens of metres) would
+        dominate it, and the relative uncertainty std(u) / E[u] is what the blur measures.
     """
-    v = values_m[:, :, None, None]
-    u = (prob / v).sum(dim=1, keepdim=True)
-    depth = 1.0 / u.clamp_min(1e-6)
-    var = (prob * (v - depth) ** 2).sum(dim=1, keepdim=True)
-    return depth, torch.sqrt(var.clamp_min(1e-12))
+    u_bins = 1.0 / values_m[:, :, None, None]
+    u = (prob * u_bins).sum(dim=1, keepdim=True).clamp_min(1e-6)
+    var_u = (prob * (u_bins - u) ** 2).sum(dim=1, keepdim=True)
+    return 1.0 / u, torch.sqrt(var_u.clamp_min(1e-12)) / (u * u)
 
 
 class CostFocusUNet(nn.Module):
