@@ -3,7 +3,7 @@
 Every sample is a deterministic function of ``(config, split, seed, index)``:
 
 1. a scene: ``ddfs_ros.scenes.procedural_scene`` (random textures and depth layers),
-   scikit-image's Middlebury motorcycle, or a scene of
+   or a scene of
    ``../shared/data/real_dfd_indoor_train`` (its f/8 image taken as all-in-focus;
    skipped when the folder is absent); real scenes are scaled in depth into the
    hypothesis range (a uniform scale of the world is a physically valid scene),
@@ -69,7 +69,7 @@ class DataConfig:
     want_cost: bool = True              # store image + cost volume (DDFS, dfv_cv)
     scene_near: tuple = (0.25, 1.5)     # nearest scene depth range (m, before k)
     scene_ratio: tuple = (1.5, 5.0)     # far / near
-    source_weights: dict = field(default_factory=lambda: {'procedural': 0.6, 'motorcycle': 0.15,
+    source_weights: dict = field(default_factory=lambda: {'procedural': 0.75,
                                                           'real_dfd': 0.25})
     f_number: tuple = (1.4, 8.0)
     focal_length_mm: tuple = (4.0, 50.0)
@@ -114,12 +114,6 @@ def _real_dfd_scenes() -> list:
         return []
     from ddfs_ros.scenes import real_dfd_scenes
     return list(real_dfd_scenes(REAL_DFD_ROOT))
-
-
-@lru_cache(maxsize=1)
-def _motorcycle():
-    from ddfs_ros.scenes import motorcycle_scene
-    return motorcycle_scene(384)
 
 
 def _resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
@@ -174,13 +168,12 @@ def draw_scene(cfg: DataConfig, split: str, rng: np.random.Generator):
         if rgb.shape[0] != cfg.size or rgb.shape[1] != cfg.size:
             rgb, depth = _crop_resize(rgb, depth, cfg.size, rng)
     else:
-        if src == 'motorcycle':
-            scene = _motorcycle()
-        else:
-            scenes = _real_dfd_scenes()
-            # every 8th real scene is validation-only
-            idx = [i for i in range(len(scenes)) if (i % 8 == 0) == (split != 'train')]
-            scene = scenes[idx[int(rng.integers(len(idx)))]]
+        # the Middlebury motorcycle is the demo and a test bag: never a training scene
+        from ddfs_ros.data_splits import real_dfd_split
+        scenes = _real_dfd_scenes()
+        want = 'train' if split == 'train' else 'val'
+        idx = [i for i in range(len(scenes)) if real_dfd_split(i) == want]
+        scene = scenes[idx[int(rng.integers(len(idx)))]]
         rgb, depth = _crop_resize(np.asarray(scene.rgb, np.float32), np.asarray(scene.depth_m, np.float32),
                                   cfg.size, rng)
         depth = _fit_depth(depth, near, far)
@@ -355,8 +348,6 @@ def build_cache(cfg: DataConfig, split: str, count: int, out: Path, seed: int = 
     # load the real scenes once, before the workers fork
     if cfg.source_weights.get('real_dfd', 0) > 0:
         _real_dfd_scenes()
-    if cfg.source_weights.get('motorcycle', 0) > 0:
-        _motorcycle()
     samples: list = [None] * count
     if workers > 1:
         import multiprocessing as mp
