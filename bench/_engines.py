@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = {'ddfs': 'ddfs_s', 'dfv': 'dfv_s', 'dfv_cv': 'dfv_cv_s'}
+SHIPPED = {'ddfs': 'ddfs_s', 'dfv': 'dfv_s'}
 
 
-def bench_engines(families=('ddfs', 'dfv', 'dfv_cv')) -> tuple[dict, str]:
+def bench_engines(families=('ddfs', 'dfv')) -> tuple[dict, str]:
     """({family: manifest path}, note).  Shipped engines/NAME_s.json where present."""
     found = {f: ROOT / 'engines' / f'{SHIPPED[f]}.json' for f in families}
     found = {f: p for f, p in found.items() if p.is_file()}

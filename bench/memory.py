@@ -1,6 +1,6 @@
 """Benchmark: peak memory (RSS, and GPU memory where there is one) per stack size.
 
-    python -m bench.memory [--engine engines/dfv_cv_s.json] [--sizes 128 256 512] [--frames 5]
+    python -m bench.memory [--engine engines/ddfs_s.json] [--sizes 128 256 512] [--frames 5]
 
 A stack of the built-in scene is rendered per size; each size then runs in a fresh
 subprocess (peak RSS is per process): load the engine, read the stack (uint8, as on
@@ -73,7 +73,7 @@ def measure(engine: str, stack_path: str) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--engine', default=str(ROOT / 'engines' / 'dfv_cv_s.json'))
+    ap.add_argument('--engine', default=str(ROOT / 'engines' / 'ddfs_s.json'))
     ap.add_argument('--sizes', type=int, nargs='+', default=[128, 256, 512])
     ap.add_argument('--frames', type=int, default=5)
     ap.add_argument('--child', help=argparse.SUPPRESS)

@@ -1,7 +1,7 @@
 """Launch the ddfs_ros capture and inference nodes (and optionally rviz2).
 
     ros2 launch ddfs_ros depth.launch.py
-    ros2 launch ddfs_ros depth.launch.py camera:=v4l2 device:=/dev/video0 engine:=engines/dfv_cv_s.json
+    ros2 launch ddfs_ros depth.launch.py camera:=v4l2 device:=/dev/video0 engine:=engines/ddfs_s.json
     ros2 launch ddfs_ros depth.launch.py rviz:=true namespace:=/front_camera backend:=onnxruntime
 
 Both nodes run in ``namespace`` (default /camera) with relative topic names; their
@@ -96,7 +96,7 @@ def generate_launch_description() -> LaunchDescription:
                               description='inference align (overrides inference_params): auto = similarity '
                                           'with camera:=v4l2, off with the simulated camera',
                               choices=['auto', 'off', 'similarity']),
-        DeclareLaunchArgument('engine', default_value='engines/dfv_cv_s.json',
+        DeclareLaunchArgument('engine', default_value='engines/ddfs_s.json',
                               description='engine manifest (.json), relative to the package share dir or absolute'),
         DeclareLaunchArgument('backend', default_value='auto', description='auto | tensorrt | onnxruntime | torch',
                               choices=['auto', 'tensorrt', 'onnxruntime', 'torch']),

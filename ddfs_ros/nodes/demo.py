@@ -147,7 +147,7 @@ class DemoRecorder(Node):
                       f'{inference.get_parameter("max_uncertainty").value} m): this engine\'s median '
                       f'uncertainty is {rel:.2f} x the depth. The error covers the pixels kept. To see the '
                       f'depth anyway: --params-file with max_relative_uncertainty: 0.0, or another engine '
-                      f'(--engine engines/dfv_cv_s.json)')
+                      f'(--engine engines/ddfs_s.json)')
         written = self._write_pngs()
         print(f'  wrote {", ".join(str(p) for p in written)}')
         print(f'  wrote bag {self.bag_path} (mcap, {sum(self.counts.values())} messages on '

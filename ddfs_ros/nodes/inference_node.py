@@ -46,7 +46,7 @@ try:
 except ImportError:  # diagnostics are optional (DESIGN.md section 5)
     DiagnosticArray = None
 
-DEFAULT_ENGINE = 'engines/dfv_cv_s.json'
+DEFAULT_ENGINE = 'engines/ddfs_s.json'
 KINDS = ('image', 'camera_info', 'lens_state')
 TOPICS = {'image': ros_io.TOPIC_IMAGE, 'camera_info': ros_io.TOPIC_CAMERA_INFO,
           'lens_state': ros_io.TOPIC_LENS_STATE}
