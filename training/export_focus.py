@@ -154,7 +154,8 @@ def export_checkpoint(ckpt_path: Path | str, onnx_path: Path | str, torch_progra
                     '(ddfs_ros/data_splits.py); rendered by ddfs_ros.render',
             'camera': {k: d.get(k) for k in ('frames', 'max_blur_px', 'size')},
         },
-        'validation': {**(ck.get('val') or {}), 'split': f'{d["cache"]}/val (held-out textures and scenes, '
+        'validation': {**(ck.get('val') or {}), 'uncertainty': validation_uncertainty(model, family, Path(d['cache'])),
+                       'split': f'{d["cache"]}/val (held-out textures and scenes, '
                                                           f'same camera distribution; selection only)'},
     }
     if extra:
@@ -163,6 +164,39 @@ def export_checkpoint(ckpt_path: Path | str, onnx_path: Path | str, torch_progra
     man_path = onnx_path.with_suffix('.json')
     man_path.write_text(json.dumps(manifest, indent=1, default=str))
     return man_path
+
+
+@torch.no_grad()
+def validation_uncertainty(model: torch.nn.Module, family: str, cache: Path,
+                           thresholds: Sequence[float] = (0.25, 0.5)) -> dict:
+    """What the uncertainty says on the validation stacks (pixels pooled).
+
+    ``unc_cal``: fraction of pixels with |error| <= uncertainty; per threshold t of the
+    node's sanity rule (uncertainty <= t x depth): the fraction of pixels kept and the
+    AbsRel of the kept and of the removed pixels.
+    """
+    from .stack_data import ShardDataset
+    from .train_focus import forward
+    data = ShardDataset(cache, 'val', family)
+    model.eval()
+    err, rel_unc, inside = [], [], []
+    for i in range(len(data)):
+        b = {k: v[None] for k, v in data[i].items()}
+        depth, unc = forward(model, family, b)
+        g = b['gt'][0]
+        v = torch.isfinite(g) & (g > 0)
+        d, u = depth[0, 0][v], unc[0, 0][v]
+        err.append((d - g[v]).abs() / g[v])
+        rel_unc.append(u / d)
+        inside.append((d - g[v]).abs() <= u)
+    err, rel_unc, inside = torch.cat(err), torch.cat(rel_unc), torch.cat(inside)
+    out = {'unc_cal': float(inside.float().mean())}
+    for t in thresholds:
+        keep = rel_unc <= t
+        out[f'mask_{t}'] = {'kept_fraction': float(keep.float().mean()),
+                            'absrel_kept': float(err[keep].mean()) if keep.any() else None,
+                            'absrel_removed': float(err[~keep].mean()) if (~keep).any() else None}
+    return out
 
 
 def _val_focus_range(cache: Path) -> tuple[float, float]:
