@@ -56,7 +56,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         ax.plot(x, y, '-o', ms=3, color=color, label=f'{run} (validation)')
         if fm:
             ax.axhline(fm['abs_rel'], color=color, ls='--', lw=1, label=f'focus measure on {run} validation')
-        for r in rows[:: max(1, len(rows) // 8)] + rows[-1:]:
+        picks = sorted(set(range(0, len(rows), max(1, len(rows) // 8))) | {len(rows) - 1})
+        for r in (rows[i] for i in picks):
             table.append(f'| {run} | {int(r["samples"]):,} | {float(r["val_abs_rel"]):.4f} | '
                          f'{float(r["val_delta1"]):.1f} | '
                          + (f'{fm["abs_rel"]:.4f} / {fm["delta1"]:.1f}' if fm else 'n/a') + ' |')
