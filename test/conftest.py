@@ -199,7 +199,8 @@ def shipped_engine_params() -> list:
 def validation_absrel(path: Path) -> float:
     """The held-out validation AbsRel the manifest records, or skip the calling test."""
     import json
-    value = (json.loads(Path(path).read_text()).get('validation') or {}).get('absrel')
+    val = json.loads(Path(path).read_text()).get('validation') or {}
+    value = val.get('abs_rel', val.get('absrel'))     # export_focus writes abs_rel, the old export absrel
     if value is None:
         pytest.skip(f'{Path(path).name} records no validation AbsRel to compare with')
     return float(value)
