@@ -14,6 +14,10 @@ from ddfs_ros.render import render_focal_stack
 from ddfs_ros.scenes import fronto_parallel_plane
 from ddfs_ros.stack import reference_index
 
+#: Training scenes are textured with the shared photographs; without them the data tests cannot run.
+needs_textures = pytest.mark.skipif(not data_splits.texture_paths('train'),
+                                    reason='../shared/data/textures is absent (see ../shared/data/README.md)')
+
 
 def test_splits_are_disjoint_and_keep_shared_bag_scenes_out_of_training():
     assert data_splits.real_dfd_split(0) == 'test' and data_splits.real_dfd_split(1) == 'test'
@@ -66,6 +70,7 @@ def test_predicted_sharpness_prefers_the_smaller_aperture_away_from_focus():
     assert q[1, 0] > q[0, 0] and q[1, 2] > q[0, 2] and abs(q[0, 1] - 0.5) < 1e-6
 
 
+@needs_textures
 @pytest.mark.parametrize('family', ['ddfs', 'dfv'])
 def test_samples_shards_and_a_training_step(tmp_path, family):
     from training.stack_data import ShardDataset, StackDataConfig, make_sample, write_shard
@@ -104,6 +109,7 @@ def test_samples_shards_and_a_training_step(tmp_path, family):
 
 
 @pytest.mark.slow
+@needs_textures
 @pytest.mark.parametrize('family', ['ddfs', 'dfv'])
 def test_export_is_dynamic_in_height_and_width_and_matches_eager(tmp_path, family):
     from ddfs_ros.engines.manifest import load_manifest
