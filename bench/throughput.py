@@ -62,7 +62,7 @@ def direct_cpu_ms(pipeline, stacks, n: int) -> float:
 
 def ros_run(engine: str, stacks, seconds: float, processing_width: int, namespace: str) -> dict:
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from sensor_msgs.msg import CameraInfo, Image, JointState
 
@@ -92,7 +92,9 @@ def ros_run(engine: str, stacks, seconds: float, processing_width: int, namespac
 
     subs = [node.create_subscription(Image, t, lambda m, t=t: keep(t, m), subscription_qos('reliable', 10))
             for t in OUTPUTS]
-    executor = MultiThreadedExecutor(num_threads=2, context=ctx)
+    # one thread: a spinning MultiThreadedExecutor burned most of a core while waiting,
+    # starving the node it measures on a 2-core machine
+    executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()
     msgs = [ros_io.stack_to_msgs(s, 'rgb8') for s in stacks]
