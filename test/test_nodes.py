@@ -268,7 +268,7 @@ def test_bad_inputs_publish_nothing_count_log_and_recover(t1, plane_sweep, capfd
         triple = _corrupt(reason, _triple(plane_sweep))
         bad_stamps.append(ros_io.stamp_to_ns(triple[0].header.stamp))
         pub.send(*triple)
-        assert wait_until(lambda: node.counters[reason] == before + 1, 5.0), (reason, dict(node.counters))
+        assert wait_until(lambda: node.counters[reason] == before + 1, 15.0), (reason, dict(node.counters))
     # a second bad stack of one reason is counted but not logged again (throttle)
     pub.send(*_corrupt('unsupported_encoding', _triple(plane_sweep)))
     assert wait_until(lambda: node.counters['unsupported_encoding'] == 2, 5.0)
