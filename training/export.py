@@ -76,21 +76,27 @@ class _Eval(torch.nn.Module):
         return depth, unc
 
 
-def export_onnx(model: torch.nn.Module, inputs: dict, path: Path) -> None:
+def export_onnx(model: torch.nn.Module, inputs: dict, path: Path, dynamic_axes: Optional[dict] = None) -> None:
+    """ONNX of ``model`` on ``inputs``; ``dynamic_axes`` as for :func:`torch.onnx.export` (None: static)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         torch.onnx.export(_Eval(model), tuple(inputs.values()), str(path), input_names=list(inputs),
                           output_names=['depth', 'uncertainty'], opset_version=OPSET, dynamo=False,
-                          do_constant_folding=True)
+                          do_constant_folding=True, dynamic_axes=dynamic_axes)
     import onnx
     onnx.checker.check_model(onnx.load(str(path)))
 
 
-def export_torch_program(model: torch.nn.Module, inputs: dict, path: Path) -> Optional[str]:
-    """``torch.export`` program saved to ``path``; returns None (and warns) if export fails."""
+def export_torch_program(model: torch.nn.Module, inputs: dict, path: Path,
+                         dynamic_shapes=None) -> Optional[str]:
+    """``torch.export`` program saved to ``path``; returns None (and warns) if export fails.
+
+    ``dynamic_shapes``: one spec per input (a dict axis -> Dim, or None), None = static.
+    """
     try:
-        ep = torch.export.export(_Eval(model), tuple(inputs.values()), strict=False)
+        ep = torch.export.export(_Eval(model), tuple(inputs.values()), strict=False,
+                                 dynamic_shapes=None if dynamic_shapes is None else (tuple(dynamic_shapes),))
         torch.export.save(ep, str(path))
         return path.name
     except Exception as exc:  # noqa: BLE001 - report and fall back to ONNX-only

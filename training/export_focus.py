@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -29,7 +28,7 @@ import torch
 from ddfs_ros.engines.manifest import add_artifact_hashes
 from ddfs_ros.optics import FOCUS_SPAN_MARGIN, FOCUS_SPAN_MIN_RELATIVE, hypotheses_from_focus_span
 
-from .export import OPSET, _Eval
+from .export import OPSET, _Eval, export_onnx, export_torch_program
 from .models.focusnets import SIZE_MULTIPLE
 from .train_focus import build
 
@@ -48,39 +47,19 @@ def example_inputs(family: str, num: int, H: int, W: int, seed: int = 0) -> dict
             'depths': d, 'focus_volume': torch.rand(1, num, H, W, generator=g)}
 
 
-def export_onnx_dynamic(model: torch.nn.Module, inputs: dict, path: Path) -> None:
-    spatial = {}
-    for k, v in inputs.items():
-        if v.dim() >= 4:
-            spatial[k] = {v.dim() - 2: 'height', v.dim() - 1: 'width'}
-    spatial['depth'] = {2: 'height', 3: 'width'}
-    spatial['uncertainty'] = {2: 'height', 3: 'width'}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        torch.onnx.export(_Eval(model), tuple(inputs.values()), str(path), input_names=list(inputs),
-                          output_names=['depth', 'uncertainty'], opset_version=OPSET, dynamo=False,
-                          do_constant_folding=True, dynamic_axes=spatial)
-    import onnx
-    onnx.checker.check_model(onnx.load(str(path)))
+def spatial_axes(inputs: dict) -> dict:
+    """ONNX ``dynamic_axes``: the last two axes of every image-like input and of both outputs."""
+    axes = {k: {v.dim() - 2: 'height', v.dim() - 1: 'width'} for k, v in inputs.items() if v.dim() >= 4}
+    return {**axes, 'depth': {2: 'height', 3: 'width'}, 'uncertainty': {2: 'height', 3: 'width'}}
 
 
-def export_torch_program_dynamic(model: torch.nn.Module, inputs: dict, path: Path) -> Optional[str]:
-    """``torch.export`` program with H and W free (multiples of :data:`SIZE_MULTIPLE`); None if it fails."""
+def spatial_dims(inputs: dict) -> list:
+    """``torch.export`` shapes: H and W free (multiples of :data:`SIZE_MULTIPLE`) on image-like inputs."""
     from torch.export import Dim
     hb = Dim('hb', min=1, max=512)
     wb = Dim('wb', min=1, max=512)
-    specs = tuple({v.dim() - 2: SIZE_MULTIPLE * hb, v.dim() - 1: SIZE_MULTIPLE * wb} if v.dim() >= 4 else None
-                  for v in inputs.values())
-    try:
-        ep = torch.export.export(_Eval(model), tuple(inputs.values()), dynamic_shapes=(specs,), strict=False)
-        torch.export.save(ep, str(path))
-        return path.name
-    except Exception as exc:  # noqa: BLE001 - report and ship ONNX only
-        warnings.warn(f'torch.export failed for {path.stem}: {exc!r}; manifest gets torch_program=null')
-        if path.exists():
-            path.unlink()
-        return None
+    return [{v.dim() - 2: SIZE_MULTIPLE * hb, v.dim() - 1: SIZE_MULTIPLE * wb} if v.dim() >= 4 else None
+            for v in inputs.values()]
 
 
 def max_abs_diff(path: Path, model: torch.nn.Module, family: str, num: int) -> dict:
@@ -111,8 +90,9 @@ def export_checkpoint(ckpt_path: Path | str, onnx_path: Path | str, torch_progra
     size = int(d.get('size', 96))
     num = int(kwargs.get('num_hypotheses', 32)) if family == 'ddfs' else int(kwargs.get('num_frames', 5))
     inputs = example_inputs(family, num, size, size)
-    export_onnx_dynamic(model, inputs, onnx_path)
-    prog = export_torch_program_dynamic(model, inputs, onnx_path.with_suffix('.pt2')) if torch_program else None
+    export_onnx(model, inputs, onnx_path, dynamic_axes=spatial_axes(inputs))
+    prog = (export_torch_program(model, inputs, onnx_path.with_suffix('.pt2'), dynamic_shapes=spatial_dims(inputs))
+            if torch_program else None)
     diffs = max_abs_diff(onnx_path, model, family, num)
     shapes = {k: list(v.shape) for k, v in inputs.items()}
     # the focus range the network saw, for the node's from_focus rule and for users
