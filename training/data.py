@@ -122,7 +122,7 @@ def _resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(img), (size, size), interpolation=interp)
 
 
-def _crop_resize(rgb: np.ndarray, depth: np.ndarray, size: int, rng: np.random.Generator):
+def crop_resize(rgb: np.ndarray, depth: np.ndarray, size: int, rng: np.random.Generator):
     """Random square crop (50-100 % of the short side), resized to size x size."""
     H, W = depth.shape
     short = min(H, W)
@@ -166,7 +166,7 @@ def draw_scene(cfg: DataConfig, split: str, rng: np.random.Generator):
         scene = procedural_scene(rng, cfg.size, (near, far))
         rgb, depth = np.asarray(scene.rgb, np.float32), np.asarray(scene.depth_m, np.float32)
         if rgb.shape[0] != cfg.size or rgb.shape[1] != cfg.size:
-            rgb, depth = _crop_resize(rgb, depth, cfg.size, rng)
+            rgb, depth = crop_resize(rgb, depth, cfg.size, rng)
     else:
         # the Middlebury motorcycle is the demo and a test bag: never a training scene
         from ddfs_ros.data_splits import real_dfd_split
@@ -174,7 +174,7 @@ def draw_scene(cfg: DataConfig, split: str, rng: np.random.Generator):
         want = 'train' if split == 'train' else 'val'
         idx = [i for i in range(len(scenes)) if real_dfd_split(i) == want]
         scene = scenes[idx[int(rng.integers(len(idx)))]]
-        rgb, depth = _crop_resize(np.asarray(scene.rgb, np.float32), np.asarray(scene.depth_m, np.float32),
+        rgb, depth = crop_resize(np.asarray(scene.rgb, np.float32), np.asarray(scene.depth_m, np.float32),
                                   cfg.size, rng)
         depth = _fit_depth(depth, near, far)
     if rng.random() < 0.5:

@@ -52,6 +52,8 @@ from ddfs_ros.focus_volume import focus_volume
 from ddfs_ros.optics import LensModel, coc_m, hypotheses_from_focus_span
 from ddfs_ros.stack import reference_index
 
+from .data import crop_resize
+
 SPLIT_IDS = {'train': 0, 'val': 1, 'test': 2}
 SHARD_SIZE = 250
 
@@ -142,18 +144,6 @@ def _real_scenes(source: str, split: str) -> tuple:
     return tuple(out)
 
 
-def _crop_resize(rgb: np.ndarray, depth: np.ndarray, size: int, rng: np.random.Generator):
-    import cv2
-    H, W = depth.shape
-    short = min(H, W)
-    c = max(int(rng.uniform(0.5, 1.0) * short), min(size, short))
-    y = int(rng.integers(0, H - c + 1))
-    x = int(rng.integers(0, W - c + 1))
-    rgb = cv2.resize(np.ascontiguousarray(rgb[y:y + c, x:x + c]), (size, size), interpolation=cv2.INTER_AREA)
-    depth = cv2.resize(np.ascontiguousarray(depth[y:y + c, x:x + c]), (size, size), interpolation=cv2.INTER_NEAREST)
-    return rgb.astype(np.float32), depth.astype(np.float32)
-
-
 def draw_scene(cfg: StackDataConfig, split: str, rng: np.random.Generator):
     """(rgb size x size x 3 in [0, 1], depth size x size metres, source name)."""
     from ddfs_ros.scenes import procedural_scene
@@ -172,7 +162,7 @@ def draw_scene(cfg: StackDataConfig, split: str, rng: np.random.Generator):
     else:
         scenes = _real_scenes(src, split)
         rgb, depth = scenes[int(rng.integers(len(scenes)))]
-        rgb, depth = _crop_resize(rgb, depth, cfg.size, rng)
+        rgb, depth = crop_resize(rgb, depth, cfg.size, rng)
         depth = np.clip(np.nan_to_num(depth, nan=float(np.nanmedian(depth))), 0.1, None)
     if rng.random() < 0.5:
         rgb, depth = rgb[:, ::-1], depth[:, ::-1]

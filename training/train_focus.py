@@ -73,6 +73,13 @@ def lr_at(samples: int, base: float, target: int, warmup: int) -> float:
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def absrel_delta1(depth: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
+    """AbsRel and delta1 (%) of one depth map (m) on the pixels with ground truth."""
+    v = np.isfinite(gt) & (gt > 0)
+    d, g = depth[v], gt[v]
+    return float(np.mean(np.abs(d - g) / g)), float(np.mean(np.maximum(d / g, g / d) < 1.25) * 100)
+
+
 @torch.no_grad()
 def validate(model: torch.nn.Module, family: str, data: ShardDataset, batch: int = 8) -> dict:
     """AbsRel and delta1 (%) of the full-size validation stacks (per image, then averaged)."""
@@ -83,11 +90,9 @@ def validate(model: torch.nn.Module, family: str, data: ShardDataset, batch: int
         b = {k: torch.stack([it[k] for it in items]) for k in items[0]}
         depth, _ = forward(model, family, b)
         for i in range(depth.shape[0]):
-            d, g = depth[i, 0], b['gt'][i]
-            v = torch.isfinite(g) & (g > 0)
-            absrel.append(float(((d[v] - g[v]).abs() / g[v]).mean()))
-            r = torch.maximum(d[v] / g[v], g[v] / d[v])
-            d1.append(float((r < 1.25).float().mean() * 100))
+            a, d = absrel_delta1(depth[i, 0].numpy(), b['gt'][i].numpy())
+            absrel.append(a)
+            d1.append(d)
     model.train()
     return {'abs_rel': float(np.mean(absrel)), 'delta1': float(np.mean(d1)), 'count': len(absrel)}
 
@@ -104,9 +109,9 @@ def focus_measure_on(data: ShardDataset) -> dict:
             continue
         frames = np.moveaxis(a['frames'][i, :F].astype(np.float32) / 255.0, 1, -1)
         d, _ = focus_measure_depth(frames, focus)
-        g = a['gt'][i]
-        absrel.append(float(np.mean(np.abs(d - g) / g)))
-        d1.append(float(np.mean(np.maximum(d / g, g / d) < 1.25) * 100))
+        ar, dl = absrel_delta1(d, a['gt'][i])
+        absrel.append(ar)
+        d1.append(dl)
     return {'abs_rel': float(np.mean(absrel)), 'delta1': float(np.mean(d1)), 'count': len(absrel)}
 
 
