@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -12,6 +13,27 @@ def ros_env(offset: int) -> dict:
     """A domain of this process's own (``offset`` keeps two benchmarks apart), loopback, the shm profile."""
     return {'ROS_DOMAIN_ID': str(1 + (os.getpid() + offset) % 100), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
             'FASTRTPS_DEFAULT_PROFILES_FILE': str(ROOT / 'config' / 'fastdds.xml')}
+
+
+def start_inference_node(namespace: str, params: dict) -> subprocess.Popen:
+    """The real inference node in its own process, in ``namespace``, with ``params`` (-p name:=value)."""
+    args = [sys.executable, '-m', 'ddfs_ros.nodes.inference_node', '--ros-args', '-r', f'__ns:={namespace}']
+    for k, v in params.items():
+        args += ['-p', f'{k}:={v}']
+    return subprocess.Popen(args, cwd=str(ROOT), env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stack_publishers(node) -> list:
+    """Publishers of one focal stack's three messages: camera_info, lens_state, image (send order)."""
+    from sensor_msgs.msg import CameraInfo, Image, JointState
+
+    from ddfs_ros import ros_io
+    from ddfs_ros.nodes.common import publisher_qos
+    q = publisher_qos(5)
+    return [node.create_publisher(CameraInfo, ros_io.TOPIC_CAMERA_INFO, q),
+            node.create_publisher(JointState, ros_io.TOPIC_LENS_STATE, q),
+            node.create_publisher(Image, ros_io.TOPIC_IMAGE, q)]
 
 
 def plane_stacks(width: int, height: int, count: int):

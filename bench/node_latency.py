@@ -23,15 +23,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench._ros import plane_stacks, ros_env, shut_down
+from bench._ros import plane_stacks, ros_env, shut_down, stack_publishers, start_inference_node
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,23 +48,17 @@ def ros_run(engine_path: str, backend: str, stacks, n: int, load: float, namespa
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
-    from sensor_msgs.msg import CameraInfo, Image, JointState
+    from sensor_msgs.msg import Image
 
     from ddfs_ros import ros_io
-    from ddfs_ros.nodes.common import publisher_qos, subscription_qos
+    from ddfs_ros.nodes.common import subscription_qos
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, '-m', 'ddfs_ros.nodes.inference_node', '--ros-args',
-                             '-r', f'__ns:={namespace}', '-p', f'engine:={engine_path}', '-p', f'backend:={backend}',
-                             '-p', 'hypothesis_mode:=fixed', '-p', 'warmup_runs:=3'],
-                            cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_inference_node(namespace, {'engine': engine_path, 'backend': backend, 'hypothesis_mode': 'fixed',
+                                            'warmup_runs': 3})
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     node = Node('latency_bench', namespace=namespace, context=ctx)
-    q = publisher_qos(5)
-    pubs = [node.create_publisher(CameraInfo, ros_io.TOPIC_CAMERA_INFO, q),
-            node.create_publisher(JointState, ros_io.TOPIC_LENS_STATE, q),
-            node.create_publisher(Image, ros_io.TOPIC_IMAGE, q)]
+    pubs = stack_publishers(node)
     received: dict[int, float] = {}
     lock = threading.Lock()
 

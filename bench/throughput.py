@@ -32,15 +32,12 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 
-from bench._ros import plane_stacks, ros_env, shut_down
+from bench._ros import plane_stacks, ros_env, shut_down, stack_publishers, start_inference_node
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = ('depth/image', 'depth/uncertainty', 'all_in_focus/image')
@@ -64,24 +61,17 @@ def ros_run(engine: str, stacks, seconds: float, processing_width: int, namespac
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
-    from sensor_msgs.msg import CameraInfo, Image, JointState
+    from sensor_msgs.msg import Image
 
     from ddfs_ros import ros_io
-    from ddfs_ros.nodes.common import publisher_qos, subscription_qos
+    from ddfs_ros.nodes.common import subscription_qos
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, '-m', 'ddfs_ros.nodes.inference_node', '--ros-args',
-                             '-r', f'__ns:={namespace}', '-p', f'engine:={engine}', '-p', 'backend:=onnxruntime',
-                             '-p', 'device:=cpu', '-p', f'processing_width:={processing_width}',
-                             '-p', 'warmup_runs:=2'],
-                            cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_inference_node(namespace, {'engine': engine, 'backend': 'onnxruntime', 'device': 'cpu',
+                                            'processing_width': processing_width, 'warmup_runs': 2})
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     node = Node('throughput_bench', namespace=namespace, context=ctx)
-    q = publisher_qos(5)
-    pubs = [node.create_publisher(CameraInfo, ros_io.TOPIC_CAMERA_INFO, q),
-            node.create_publisher(JointState, ros_io.TOPIC_LENS_STATE, q),
-            node.create_publisher(Image, ros_io.TOPIC_IMAGE, q)]
+    pubs = stack_publishers(node)
     got: dict[str, set] = {t: set() for t in OUTPUTS}
     done = threading.Condition()
 
