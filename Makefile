@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) -m bench.backends
 	$(PY) -m bench.node_latency
 	$(PY) -m bench.memory
+	$(PY) -m bench.stages
 
 
 # Retrain and re-export the shipped engines on this machine (CPU: about an hour on 2 cores).
