@@ -108,6 +108,47 @@ def test_samples_shards_and_a_training_step(tmp_path, family):
     assert losses[-1] < losses[0]
 
 
+
+def test_extra_training_parts_change_only_their_fields_and_get_their_own_seed(tmp_path):
+    from training.stack_data import data_parts
+
+    data = {'cache': str(tmp_path / 'a'), 'family': 'ddfs', 'size': 32, 'max_blur_px': [1.5, 12.0], 'seed': 3,
+            'extra_train': [{'cache': str(tmp_path / 'b'), 'max_blur_px': [0.7, 12.0], 'aperture_pair_prob': 0.2}]}
+    (base, fa, sa), (extra, fb, sb) = data_parts(data)
+    assert (fa, fb) == (tmp_path / 'a', tmp_path / 'b') and (sa, sb) == (3, 4)
+    assert base.max_blur_px == (1.5, 12.0) and extra.max_blur_px == (0.7, 12.0)
+    assert extra.aperture_pair_prob == 0.2 and base.aperture_pair_prob != 0.2
+    assert extra.size == base.size == 32 and extra.family == 'ddfs'
+
+
+@needs_textures
+def test_shards_of_several_folders_make_one_dataset_and_a_bf16_step_learns(tmp_path):
+    from training.stack_data import ShardDataset, StackDataConfig, write_shard
+    from training.train_focus import build, forward, output_range, relative_l1
+
+    cfg = StackDataConfig(family='dfv', size=32, frames=3, sources={'procedural': 1.0})
+    write_shard(cfg, 'train', 0, 0, tmp_path / 'a', shard_size=2)
+    write_shard(cfg, 'train', 1, 0, tmp_path / 'b', shard_size=2)
+    data = ShardDataset([tmp_path / 'a', tmp_path / 'b'], 'train', 'dfv', crop=24)
+    assert len(data) == 4 and data.num_shards == 2
+    assert not np.array_equal(data.arrays['gt'][0], data.arrays['gt'][2])   # other seed, other scenes
+    torch.manual_seed(0)
+    model = build('dfv', {'num_frames': 3, 'widths': (8, 8, 8, 8), 'feat': 4, 'agg': 4})
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    batch = {k: torch.stack([data[i][k] for i in range(4)]) for k in data[0]}
+    losses = []
+    for _ in range(15):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            o = forward(model, 'dfv', batch)
+        assert o['depth'].dtype == torch.float32          # the expectation stays fp32
+        lo, hi = output_range('dfv', batch)
+        loss = relative_l1(o['depth'], batch['gt'], lo, hi)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
 @pytest.mark.slow
 @needs_textures
 @pytest.mark.parametrize('family', ['ddfs', 'dfv'])

@@ -306,13 +306,15 @@ class ShardDataset(Dataset):
     both ``gt`` h x w (m).
     """
 
-    def __init__(self, folder: Path | str, split: str, family: str, crop: Optional[int] = None,
-                 seed: int = 0, max_shards: Optional[int] = None) -> None:
+    def __init__(self, folder: Path | str | Sequence[Path | str], split: str, family: str,
+                 crop: Optional[int] = None, seed: int = 0, max_shards: Optional[int] = None) -> None:
         self.family, self.crop = family, crop
         self.rng = np.random.default_rng(seed)
-        paths = sorted((Path(folder) / split).glob('shard_[0-9][0-9][0-9][0-9].npz'))[:max_shards]
+        folders = [folder] if isinstance(folder, (str, Path)) else list(folder)
+        paths = [p for f in folders for p in sorted((Path(f) / split).glob('shard_[0-9][0-9][0-9][0-9].npz'))]
+        paths = paths[:max_shards]
         if not paths:
-            raise FileNotFoundError(f'no shards in {Path(folder) / split}')
+            raise FileNotFoundError(f'no shards in {", ".join(str(Path(f) / split) for f in folders)}')
         parts: dict = {}
         for p in paths:
             with np.load(p) as z:
@@ -363,6 +365,23 @@ class ShardDataset(Dataset):
         return out
 
 
+def data_parts(data: dict) -> list[tuple[StackDataConfig, Path, int]]:
+    """(config, cache folder, seed) of each part of a training YAML's ``data:`` section.
+
+    Part 0 is the section itself; ``extra_train`` entries are more training shards drawn
+    with some fields changed (their own ``cache`` folder, seed = base seed + part
+    index unless given), so that a later session can widen the draws without
+    re-rendering or discarding what exists.  Validation always comes from part 0.
+    """
+    base = {k: v for k, v in data.items() if k != 'extra_train'}
+    seed = int(base.get('seed', 0))
+    parts = [(StackDataConfig.from_dict(base), Path(base['cache']), seed)]
+    for i, extra in enumerate(data.get('extra_train') or [], start=1):
+        merged = {**base, **extra}
+        parts.append((StackDataConfig.from_dict(merged), Path(extra['cache']), int(extra.get('seed', seed + i))))
+    return parts
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     import yaml
     from tqdm import tqdm
@@ -372,13 +391,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--split', default='train', choices=sorted(SPLIT_IDS))
     ap.add_argument('--shards', default='0:4', help='shard range a:b')
     ap.add_argument('--workers', type=int, default=1)
+    ap.add_argument('--part', type=int, default=0, help='0: the data section; N: its extra_train[N-1] entry')
     a = ap.parse_args(argv)
     conf = yaml.safe_load(Path(a.config).read_text())
-    d = dict(conf['data'])
-    cfg = StackDataConfig.from_dict(d)
-    folder = Path(d['cache'])
+    cfg, folder, seed = data_parts(conf['data'])[a.part]
+    if a.part and a.split != 'train':
+        ap.error('extra_train parts hold training shards only')
     lo, hi = (int(x) for x in a.shards.split(':'))
-    seed = int(d.get('seed', 0))
     jobs = list(range(lo, hi))
     # load the scenes once, before the workers fork
     for s in ('real_dfd', 'rgbd_7scenes'):

@@ -19,7 +19,9 @@ lane() {  # name train_shards
   $PY -m training.stack_data --config "training/configs/$n.yaml" --split val --shards 0:1
   $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --shards 0:2
   # the trainer re-reads the shards at every pass, so it starts while the rest is rendered
-  $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --shards "$shards" &
+  { $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --shards "$shards"
+    # the config's extra_train part (smaller blur, more aperture pairs: see the config)
+    $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --part 1 --shards 0:16; } &
   $PY -m training.train_focus --config "training/configs/$n.yaml" --resume --hours "$HOURS" >> "runs/train_$n.log" 2>&1
   wait
 }

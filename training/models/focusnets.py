@@ -126,8 +126,9 @@ class CostFocusUNet(nn.Module):
                 focus_volume: torch.Tensor):
         # Low cost = likely depth; the network sees it as is and learns the sign.
         x = torch.cat([_normalise(image), cost_volume, focus_volume], dim=1)
-        prob = torch.softmax(self.net(x), dim=1)
-        depth, unc = expectation_in_dioptres(prob, depths)
+        # fp32 from here on: under bf16 autocast (training) the expectation would lose ~0.4 %
+        prob = torch.softmax(self.net(x).float(), dim=1)
+        depth, unc = expectation_in_dioptres(prob, depths.float())
         if self.training:
             return {'depth': depth, 'uncertainty': unc, 'prob': prob}
         return depth, unc
@@ -158,9 +159,9 @@ class FocusStackNet(nn.Module):
         f = f.reshape(B, Fr, -1, H, W).transpose(1, 2)                     # B x C x F x H x W
         if self.use_diff:
             f = torch.cat([f[:, :, :-1] - f[:, :, 1:], f[:, :, -1:]], dim=2)
-        logits = self.agg(f)[:, 0]                                          # B x F x H x W
+        logits = self.agg(f)[:, 0].float()                                  # B x F x H x W
         prob = torch.softmax(logits, dim=1)
-        depth, unc = expectation_in_dioptres(prob, focus)
+        depth, unc = expectation_in_dioptres(prob, focus.float())
         if self.training:
             return {'depth': depth, 'uncertainty': unc, 'prob': prob}
         return depth, unc
