@@ -121,6 +121,19 @@ def test_extra_training_parts_change_only_their_fields_and_get_their_own_seed(tm
     assert extra.size == base.size == 32 and extra.family == 'ddfs'
 
 
+
+def test_aperture_pairs_focus_where_the_config_says():
+    from training.stack_data import StackDataConfig, draw_camera
+
+    depth = np.linspace(1.0, 4.0, 64 * 64).reshape(64, 64)
+    lo, hi = np.percentile(depth, [5, 95])
+    for where, check in ((None, lambda u: lo < u < hi), ((1.0, 1.0), lambda u: u < 1.1 * lo)):
+        cfg = StackDataConfig(family='ddfs', aperture_pair_prob=1.0, aperture_pair_focus=where)
+        for seed in range(5):
+            cam = draw_camera(cfg, depth, np.random.default_rng(seed))
+            assert cam['schedule'] == 'aperture_pair' and cam['focus_m'][0] == cam['focus_m'][1]
+            assert cam['f_numbers'][0] != cam['f_numbers'][1] and check(cam['focus_m'][0]), (where, cam)
+
 @needs_textures
 def test_shards_of_several_folders_make_one_dataset_and_a_bf16_step_learns(tmp_path):
     from training.stack_data import ShardDataset, StackDataConfig, write_shard

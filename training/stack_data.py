@@ -75,6 +75,11 @@ class StackDataConfig:
     schedules: dict = field(default_factory=lambda: {'dioptre': 0.4, 'depth': 0.2, 'random': 0.4})
     unsorted_prob: float = 0.2           # cost-volume family only
     aperture_pair_prob: float = 0.07     # cost-volume family only
+    # Where an aperture pair focuses: None = sqrt(near * far), mid-scene (ambiguous: the
+    # same blur in front of and behind the focus plane); (a, b) = at a fraction t ~ U(a, b)
+    # of the scene's dioptre range from its far end (t = 1: the nearest depth), the usual
+    # depth-from-defocus setup that puts most of the scene on one side of the focus plane.
+    aperture_pair_focus: Optional[tuple] = None
     noise_prob: float = 0.85
     full_well: tuple = (300.0, 20000.0)  # photo-electrons at full scale (log-uniform)
     read_noise: tuple = (0.5, 5.0)       # electrons rms
@@ -198,7 +203,11 @@ def draw_camera(cfg: StackDataConfig, depth: np.ndarray, rng: np.random.Generato
     family_cv = cfg.family != 'dfv'
     if family_cv and rng.random() < cfg.aperture_pair_prob:
         F, kind = 2, 'aperture_pair'
-        focus = np.full(2, math.sqrt(near * far))
+        if cfg.aperture_pair_focus is None:
+            focus = np.full(2, math.sqrt(near * far))
+        else:
+            t = float(rng.uniform(*cfg.aperture_pair_focus))
+            focus = np.full(2, 1.0 / (1.0 / far + t * (1.0 / near - 1.0 / far)))
         f_numbers = np.array([N, min(N * rng.uniform(2.0, 4.0), 22.0)])
         if rng.random() < 0.5:
             f_numbers = f_numbers[::-1].copy()

@@ -21,7 +21,10 @@ lane() {  # name train_shards
   # the trainer re-reads the shards at every pass, so it starts while the rest is rendered
   { $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --shards "$shards"
     # the config's extra_train part (smaller blur, more aperture pairs: see the config)
-    $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --part 1 --shards 0:16; } &
+    $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --part 1 --shards 0:16
+    if [ "$n" = ddfs_s ]; then   # its second extra part: aperture pairs focused towards the near end
+      $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --part 2 --shards 0:8
+    fi; } &
   $PY -m training.train_focus --config "training/configs/$n.yaml" --resume --hours "$HOURS" >> "runs/train_$n.log" 2>&1
   wait
 }
