@@ -176,7 +176,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     losses: list = []
     model.train()
     while True:
-        # re-read the shards every pass: a renderer may have added some
+        # re-read the shards every pass: a renderer may have added some (the previous pass's
+        # arrays go first: both at once would not fit in memory)
+        data = loader = None
         data = ShardDataset(train_folders, 'train', family, crop=crop, seed=samples)
         loader = DataLoader(data, batch_size=batch, shuffle=True, num_workers=int(t.get('workers', 1)),
                             drop_last=True, persistent_workers=False)
