@@ -19,7 +19,11 @@ Methods (chosen by measurement, see bench/RESULTS.md "Edge-aware upsampling"):
   bilinearly and applied to the full-resolution guide.
 
 Everything is torch on CPU (or the maps' device), no ROS.  Shapes: low-resolution
-maps are C x h x w, guides H x W (gray, float in [0, 1]).
+maps are C x h x w, guides H x W (gray, float in [0, 1]).  On CPU, joint bilateral
+upsampling, the all-in-focus composite and the gray and area-averaged guides run as
+numba kernels (:mod:`ddfs_ros.refine_kernels`; same results to float32 rounding,
+bench/refine.py measures them) when numba imports; the torch/numpy code here is their
+reference and the path for CUDA tensors and without numba.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as Fnn
 
+from . import refine_kernels
 from .optics import coc_px
 
 UPSAMPLE_METHODS = ('bilinear', 'joint_bilateral', 'guided')
@@ -53,6 +58,8 @@ def to_gray(image: torch.Tensor) -> torch.Tensor:
     if image.shape[-1] == 1:
         return image[..., 0]
     w = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device)
+    if image.dtype == torch.float32 and image.dim() == 3 and _kernels_for(image):
+        return torch.from_numpy(refine_kernels.gray(image.detach().numpy(), w.numpy()))
     return image @ w
 
 
@@ -65,6 +72,8 @@ def _area(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """H x W -> h x w by area averaging (the guide at the processing resolution)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
+    if x.dtype == torch.float32 and _kernels_for(x):
+        return torch.from_numpy(refine_kernels.area(x.detach().numpy(), tuple(size)))
     return Fnn.interpolate(x[None, None], size=size, mode='area')[0, 0]
 
 
@@ -89,23 +98,45 @@ def joint_bilateral_upsample(low: torch.Tensor, guide: torch.Tensor, guide_low: 
     H, W = guide.shape
     if guide_low is None:
         guide_low = _area(guide, (h, w))
-    dev = low.device
+    ys = _jbu_taps(H, h, sigma_space, radius, low.device)
+    xs = _jbu_taps(W, w, sigma_space, radius, low.device)
+    if not _kernels_for(low, guide, guide_low):
+        return _joint_bilateral_torch(low, guide, guide_low, ys, xs, sigma_range)
+    f32 = [np.ascontiguousarray(t.detach().numpy(), dtype=np.float32) for t in (low, guide, guide_low)]
+    (yi, wy), (xi, wx) = [(torch.stack(i).numpy(), torch.stack(wt).numpy()) for i, wt in (ys, xs)]
+    return torch.from_numpy(refine_kernels.joint_bilateral(*f32, yi, wy, xi, wx, -0.5 / sigma_range ** 2,
+                                                           JBU_RANGE_FLOOR))
+
+
+def _kernels_for(*tensors: torch.Tensor) -> bool:
+    """Whether the numba kernels run (numba imports and everything is on the CPU)."""
+    return refine_kernels.available() and all(t.device.type == 'cpu' for t in tensors)
+
+
+def _jbu_taps(n_out: int, n_in: int, sigma_space: float, radius: int, dev) -> tuple[list, list]:
+    """Per tap d = 1 - radius .. radius along one axis: the clamped low-res index of each
+    output pixel (n_out, long) and its spatial weight (n_out, float32)."""
     # continuous low-res coordinates of the output pixel centres (half-pixel convention)
-    yc = (torch.arange(H, device=dev, dtype=torch.float32) + 0.5) * (h / H) - 0.5
-    xc = (torch.arange(W, device=dev, dtype=torch.float32) + 0.5) * (w / W) - 0.5
-    y0, x0 = torch.floor(yc).long(), torch.floor(xc).long()
+    c = (torch.arange(n_out, device=dev, dtype=torch.float32) + 0.5) * (n_in / n_out) - 0.5
+    i0 = torch.floor(c).long()
+    inv_s = -0.5 / sigma_space ** 2
+    idx = [(i0 + d).clamp_(0, n_in - 1) for d in range(1 - radius, radius + 1)]
+    return idx, [torch.exp((c - i.float()) ** 2 * inv_s) for i in idx]
+
+
+def _joint_bilateral_torch(low: torch.Tensor, guide: torch.Tensor, guide_low: torch.Tensor, ys, xs,
+                           sigma_range: float) -> torch.Tensor:
+    """The torch code of :func:`joint_bilateral_upsample` (the kernel's reference, the CUDA path)."""
+    C = low.shape[0]
+    H, W = guide.shape
+    dev = low.device
     num = torch.zeros(C, H, W, dtype=torch.float32, device=dev)
     den = torch.zeros(H, W, dtype=torch.float32, device=dev)
-    inv_s = -0.5 / sigma_space ** 2
     inv_r = -0.5 / sigma_range ** 2
-    for dy in range(1 - radius, radius + 1):
-        yi = (y0 + dy).clamp_(0, h - 1)
-        wy = torch.exp((yc - yi.float()) ** 2 * inv_s)                # H
+    for yi, wy in zip(*ys):
         rows_g = guide_low.index_select(0, yi)                        # H x w: separable gathers,
         rows_l = low.index_select(1, yi)                              # no H*W index arrays
-        for dx in range(1 - radius, radius + 1):
-            xi = (x0 + dx).clamp_(0, w - 1)
-            wx = torch.exp((xc - xi.float()) ** 2 * inv_s)            # W
+        for xi, wx in zip(*xs):
             g = rows_g.index_select(1, xi)                            # H x W
             # the floor keeps a pixel whose colour matches no sample (noise, a thin line)
             # at the spatial average instead of dividing ~0 by ~0
@@ -171,6 +202,14 @@ def focus_weights(depth_m: np.ndarray, focus_m: Sequence[float], f_numbers: Sequ
     sharpest frame at that depth dominates, frames nearly as sharp blend in (less noise).
     Non-finite depth gets equal weights.
     """
+    if refine_kernels.available():
+        return refine_kernels.focus_weights(depth_m, focus_m, f_numbers, focal_length_m, pixel_pitch_m, tau_px)
+    return _focus_weights_numpy(depth_m, focus_m, f_numbers, focal_length_m, pixel_pitch_m, tau_px)
+
+
+def _focus_weights_numpy(depth_m: np.ndarray, focus_m: Sequence[float], f_numbers: Sequence[float],
+                         focal_length_m: float, pixel_pitch_m: float, tau_px: float = AIF_TAU_PX) -> np.ndarray:
+    """The numpy code of :func:`focus_weights` (the kernel's reference, the path without numba)."""
     d = np.asarray(depth_m, dtype=np.float32)
     ok = np.isfinite(d) & (d > 0)
     d = np.where(ok, d, 1.0).astype(np.float32)
@@ -197,7 +236,17 @@ def all_in_focus(frames: np.ndarray, depth_m: np.ndarray, focus_m: Sequence[floa
     Returns:
         H x W x C float32 in [0, 1].
     """
-    w = focus_weights(depth_m, focus_m, f_numbers, focal_length_m, pixel_pitch_m, tau_px)
+    if refine_kernels.available():
+        return refine_kernels.all_in_focus(frames, depth_m, focus_m, f_numbers, focal_length_m, pixel_pitch_m,
+                                           tau_px)
+    return _all_in_focus_torch(frames, depth_m, focus_m, f_numbers, focal_length_m, pixel_pitch_m, tau_px)
+
+
+def _all_in_focus_torch(frames: np.ndarray, depth_m: np.ndarray, focus_m: Sequence[float],
+                        f_numbers: Sequence[float], focal_length_m: float, pixel_pitch_m: float,
+                        tau_px: float = AIF_TAU_PX) -> np.ndarray:
+    """The numpy/torch code of :func:`all_in_focus` (the kernel's reference, the path without numba)."""
+    w = _focus_weights_numpy(depth_m, focus_m, f_numbers, focal_length_m, pixel_pitch_m, tau_px)
     fr = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))
     out = torch.einsum('fhw,fhwc->hwc', torch.from_numpy(w), fr)
     return out.clamp_(0.0, 1.0).numpy()
