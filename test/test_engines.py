@@ -429,3 +429,251 @@ def test_set_tensor_address_false_is_an_error():
     set_tensor_addresses(ctx, {'image': t}, 'x')
     with pytest.raises(EngineError, match="rejected the address of tensor 'depths'"):
         set_tensor_addresses(ctx, {'image': t, 'depths': t}, 'x')
+
+
+# -- CPU precision (bf16) and the measured CPU preference ------------------------------------
+BF16_RTOL = 2e-2     # bf16 keeps 8 mantissa bits; measured ~3e-3 max on the tiny nets
+
+
+@pytest.fixture
+def fast_bf16(monkeypatch):
+    """Pretend (or confirm) that this CPU has fast bf16: autocast runs on any CPU, only slower."""
+    from ddfs_ros.engines import torch_backend
+    monkeypatch.setattr(torch_backend, 'cpu_has_fast_bf16', lambda: True)
+
+
+@pytest.fixture
+def no_fast_bf16(monkeypatch):
+    from ddfs_ros.engines import torch_backend
+    monkeypatch.setattr(torch_backend, 'cpu_has_fast_bf16', lambda: False)
+
+
+def test_fast_bf16_check_is_a_plain_bool():
+    from ddfs_ros.engines.torch_backend import cpu_has_fast_bf16
+    assert isinstance(cpu_has_fast_bf16(), bool)
+
+
+def test_torch_bf16_runs_and_matches_fp32(tiny_engines, fast_bf16):
+    e16 = load_engine(tiny_engines['dfv_cv'], backend='torch', device='cpu', fallback=False, precision='bf16')
+    e32 = load_engine(tiny_engines['dfv_cv'], backend='torch', device='cpu', fallback=False, precision='fp32')
+    assert e16.active.precision == 'bf16' and 'bf16' in e16.description
+    assert e32.active.precision == 'fp32' and e32.description.endswith('eager fp32')
+    x = example_inputs(e16.manifest, seed=2)
+    d16, u16 = e16.infer(x)
+    d32, u32 = e32.infer(x)
+    assert d16.dtype == u16.dtype == torch.float32 and d16.shape == d32.shape
+    torch.testing.assert_close(d16, d32, rtol=BF16_RTOL, atol=0.0)
+    torch.testing.assert_close(u16, u32, rtol=0.0, atol=BF16_RTOL * float(d32.max()))
+    assert not torch.equal(d16, d32)          # it did run in bf16
+
+
+def test_bf16_without_fast_bf16_falls_back_to_fp32_with_a_note(tiny_engines, no_fast_bf16):
+    e = load_engine(tiny_engines['dfv_cv'], backend='torch', device='cpu', fallback=False, precision='bf16')
+    assert e.active.precision == 'fp32'
+    assert 'eager fp32 (bf16 requested' in e.description and 'no fast bf16' in e.description
+    ref = load_engine(tiny_engines['dfv_cv'], backend='torch', device='cpu', fallback=False, precision='fp32')
+    x = example_inputs(e.manifest, seed=2)
+    assert torch.equal(e.infer(x)[0], ref.infer(x)[0])
+    # fp16 is a TensorRT precision: torch runs fp32 and says so; onnxruntime is fp32 whatever is asked
+    e = load_engine(tiny_engines['dfv_cv'], backend='torch', device='cpu', fallback=False, precision='fp16')
+    assert e.active.precision == 'fp32' and 'fp16 requested' in e.description
+    e = load_engine(tiny_engines['dfv_cv'], backend='onnxruntime', device='cpu', fallback=False, precision='bf16')
+    assert 'fp32' in e.description and 'bf16 requested' in e.description
+
+
+def test_unknown_precision_is_refused(tiny_engines):
+    with pytest.raises(EngineError, match="unknown precision 'fp64'"):
+        load_engine(tiny_engines['ddfs'], device='cpu', precision='fp64')
+
+
+def _with_preference(tiny_engines, tmp_path, pref, family='dfv_cv'):
+    path, m = _copy_engine(tiny_engines[family], tmp_path)
+    if pref is not None:
+        m['cpu_preference'] = pref
+    path.write_text(json.dumps(m))
+    return path
+
+
+TORCH_BF16 = {'backend': 'torch', 'precision': 'bf16',
+              'measured': {'onnxruntime_fp32_ms': 120.0, 'torch_fp32_ms': 97.0, 'torch_bf16_ms': 47.5,
+                           'bf16_rel_diff_p99': 2.7e-3}}
+
+
+def test_auto_follows_the_measured_cpu_preference(tiny_engines, tmp_path, fast_bf16):
+    path = _with_preference(tiny_engines, tmp_path, TORCH_BF16)
+    events = []
+    e = load_engine(path, backend='auto', device='cpu', on_event=events.append)
+    assert e.backend_name == 'torch' and e.active.precision == 'bf16' and e._chain == ['onnxruntime']
+    assert any('measured CPU preference torch bf16' in ev and '47.5 ms' in ev for ev in events)
+    # an explicit precision wins; an explicit backend ignores the preference (a reference run)
+    e = load_engine(path, backend='auto', device='cpu', precision='fp32')
+    assert e.backend_name == 'torch' and e.active.precision == 'fp32'
+    e = load_engine(path, backend='torch', device='cpu')
+    assert e.backend_name == 'torch' and e.active.precision == 'fp32'
+    e = load_engine(path, backend='onnxruntime', device='cpu')
+    assert e.backend_name == 'onnxruntime' and e._chain == ['torch']
+    assert load_engine(path, backend='auto', device='cpu', fallback=False)._chain == []
+    # onnxruntime preferred: onnxruntime first, torch (fp32) after it
+    path = _with_preference(tiny_engines, tmp_path, {'backend': 'onnxruntime', 'precision': 'fp32'})
+    e = load_engine(path, backend='auto', device='cpu')
+    assert e.backend_name == 'onnxruntime' and e._chain == ['torch']
+    assert e._options['precisions']['torch'] == 'fp32'
+
+
+def test_without_the_field_auto_is_as_before(tiny_engines, tmp_path, fast_bf16):
+    path = _with_preference(tiny_engines, tmp_path, None)
+    e = load_engine(path, backend='auto', device='cpu')
+    assert e.backend_name == 'onnxruntime' and e._chain == ['torch']
+    assert set(e._options['precisions'].values()) == {'fp32'}
+
+
+def test_preferred_backend_that_fails_falls_back_to_the_next(tiny_engines, tmp_path, fast_bf16):
+    path = _with_preference(tiny_engines, tmp_path, TORCH_BF16)
+    m = json.loads(path.read_text())
+    m['torch_program_sha256'] = None                      # the .pt2 is not vouched for: torch cannot load
+    path.write_text(json.dumps(m))
+    events = []
+    e = load_engine(path, backend='auto', device='cpu', on_event=events.append)
+    assert e.backend_name == 'onnxruntime' and 'fp32' in e.description
+    assert any('backend torch unavailable' in ev for ev in events)
+
+
+def test_bf16_preference_on_a_cpu_without_fast_bf16_uses_the_fastest_fp32(tiny_engines, tmp_path, no_fast_bf16):
+    path = _with_preference(tiny_engines, tmp_path, TORCH_BF16)
+    events = []
+    e = load_engine(path, backend='auto', device='cpu', on_event=events.append)
+    assert e.backend_name == 'torch' and e.active.precision == 'fp32'      # torch fp32 97 < onnxruntime 120
+    assert any('no fast bf16' in ev and 'fastest measured fp32' in ev for ev in events)
+    slow_torch = dict(TORCH_BF16, measured=dict(TORCH_BF16['measured'], torch_fp32_ms=585.0))
+    path = _with_preference(tiny_engines, tmp_path, slow_torch)
+    assert load_engine(path, backend='auto', device='cpu').backend_name == 'onnxruntime'
+
+
+def test_malformed_preference_is_ignored_with_a_note(tiny_engines, tmp_path):
+    path = _with_preference(tiny_engines, tmp_path, {'backend': 'tensorrt', 'precision': 'int8'})
+    events = []
+    e = load_engine(path, backend='auto', device='cpu', on_event=events.append)
+    assert e.backend_name == 'onnxruntime'
+    assert any('ignoring malformed cpu_preference' in ev for ev in events)
+
+
+def test_choose_takes_the_fastest_option_within_tolerance():
+    from ddfs_ros.engines.cpu_preference import choose
+    m = {'onnxruntime_fp32_ms': 120.0, 'torch_fp32_ms': 97.0, 'torch_bf16_ms': 47.5, 'bf16_rel_diff_p99': 2.7e-3}
+    assert choose(m) == ('torch', 'bf16')
+    assert choose(dict(m, bf16_rel_diff_p99=1.3e-2)) == ('torch', 'fp32')        # bf16 too far from fp32
+    assert choose({'onnxruntime_fp32_ms': 136.0, 'torch_fp32_ms': 585.0, 'torch_bf16_ms': 145.0,
+                   'bf16_rel_diff_p99': 1.3e-2}) == ('onnxruntime', 'fp32')
+    assert choose(dict(m, torch_bf16_ms=None, bf16_rel_diff_p99=None)) == ('torch', 'fp32')   # no fast bf16
+    with pytest.raises(EngineError):
+        choose({'onnxruntime_fp32_ms': None})
+
+
+def test_measure_writes_the_field_and_keeps_the_hashes_valid(tiny_engines, tmp_path, fast_bf16):
+    from ddfs_ros.engines.cpu_preference import PREFERENCE_KEY, main as pref_main
+    path, m = _copy_engine(tiny_engines['dfv_cv'], tmp_path)
+    before = json.loads(path.read_text())
+    assert pref_main([str(path), '--size', '64', '64', '--runs', '1', '--warmup', '0']) == 0
+    after = json.loads(path.read_text())
+    rec = after.pop(PREFERENCE_KEY)
+    assert after == before                                   # nothing else changed
+    meas = rec['measured']
+    assert (rec['backend'], rec['precision']) in {('onnxruntime', 'fp32'), ('torch', 'fp32'), ('torch', 'bf16')}
+    assert all(meas[k] > 0 for k in ('onnxruntime_fp32_ms', 'torch_fp32_ms', 'torch_bf16_ms'))
+    assert 0 <= meas['bf16_rel_diff_median'] <= meas['bf16_rel_diff_p99'] <= meas['bf16_rel_diff_max']
+    assert 'random inputs' in meas['bf16_rel_diff_input']   # the fixture has no validation shard
+    assert meas['machine'] and meas['date'] and meas['input_size'] == [64, 64]
+    man = load_manifest(path)                                # sha256 of the ONNX still verifies
+    assert load_engine(path, backend='torch', fallback=False).backend_name == 'torch'
+    assert load_engine(path, device='cpu').backend_name == rec['backend']
+    assert man.raw[PREFERENCE_KEY] == rec
+
+
+@pytest.mark.parametrize('path', shipped_engine_params())
+def test_shipped_cpu_preference_is_well_formed(path):
+    from ddfs_ros.engines.cpu_preference import OPTIONS, choose
+    pref = json.loads(path.read_text()).get('cpu_preference')
+    if pref is None:
+        pytest.skip(f'{path.name} has no cpu_preference')
+    assert (pref['backend'], pref['precision']) in OPTIONS
+    assert choose(pref['measured']) == (pref['backend'], pref['precision'])   # the record follows its rule
+
+
+@pytest.mark.parametrize('precision', ['auto', 'fp32', 'fp16', 'bf16'])
+def test_node_precision_parameter_accepts_each_value(ros, tiny_engines, precision, tmp_path):
+    from rclpy.parameter import Parameter
+
+    from ddfs_ros.nodes.inference_node import InferenceNode
+    ctx, _ = ros
+    path = _with_preference(tiny_engines, tmp_path, TORCH_BF16)
+    params = {'engine': str(path), 'backend': 'auto', 'device': 'cpu', 'precision': precision, 'warmup_runs': 0}
+    node = InferenceNode(namespace=f'/prec_{precision}', context=ctx,
+                         parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    try:
+        assert node.get_parameter('precision').value == precision
+        d = node.describe_parameters(['precision'])[0]
+        assert d.read_only and all(v in d.description for v in ('auto', 'fp32', 'fp16', 'bf16'))
+        assert node.engine.backend_name == 'torch'            # the preference puts torch first
+        want = {'auto': 'bf16' if _fast_bf16() else 'fp32', 'fp32': 'fp32', 'fp16': 'fp32', 'bf16': 'bf16'}
+        if not _fast_bf16():
+            want['bf16'] = 'fp32'
+        assert node.engine.active.precision == want[precision]
+        assert node.stats()['backend_detail'] == node.engine.description
+        assert want[precision] in node.engine.description
+    finally:
+        node.destroy_node()
+
+
+def _fast_bf16() -> bool:
+    from ddfs_ros.engines.torch_backend import cpu_has_fast_bf16
+    return cpu_has_fast_bf16()
+
+
+def test_node_refuses_an_unknown_precision(ros, tiny_engines):
+    from rclpy.parameter import Parameter
+
+    from ddfs_ros.nodes.inference_node import InferenceNode
+    ctx, _ = ros
+    params = {'engine': str(tiny_engines['ddfs']), 'device': 'cpu', 'precision': 'fp64', 'warmup_runs': 0}
+    with pytest.raises(ValueError, match="parameter precision: 'fp64' is not one of auto, fp32, fp16, bf16"):
+        InferenceNode(namespace='/prec_bad', context=ctx,
+                      parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+
+
+def _write_val_shard(folder: Path, family: str, n: int = 3, F: int = 5, D: int = 16, size: int = 64) -> None:
+    import numpy as np
+    rng = np.random.default_rng(0)
+    (folder / 'val').mkdir(parents=True)
+    focus = np.sort(rng.uniform(0.3, 2.0, (n, F)), axis=1)[:, ::-1].astype(np.float32)   # far to near on disk
+    arrays = {'frames': rng.integers(0, 256, (n, F, 3, size, size), dtype=np.uint8), 'focus': focus,
+              'f_numbers': np.full((n, F), 2.0, np.float32), 'nframes': np.full(n, F, np.int16),
+              'lens': np.tile([0.01, 1e-5], (n, 1)), 'gt': np.ones((n, size, size), np.float32),
+              'ref': np.zeros(n, np.int16)}
+    if family != 'dfv':
+        arrays['depths'] = np.tile(np.linspace(0.1, 3.0, D, dtype=np.float32), (n, 1))
+        arrays['cost'] = rng.random((n, D, size, size)).astype(np.float16)
+    np.savez(folder / 'val' / 'shard_0000.npz', **arrays)
+
+
+@pytest.mark.parametrize('family', ['ddfs', 'dfv'])
+def test_bf16_difference_is_measured_on_validation_stacks_when_present(tiny_engines, tmp_path, family):
+    from ddfs_ros.engines.cpu_preference import validation_inputs
+    path, m = _copy_engine(tiny_engines[family], tmp_path)
+    _write_val_shard(tmp_path / 'cache', family)
+    m['training'] = {'config': {'data': {'cache': str(tmp_path / 'cache')}}}
+    path.write_text(json.dumps(m))
+    man = load_manifest(path)
+    batches, what = validation_inputs(man, count=2)
+    assert len(batches) == 2 and what.startswith('2 validation stacks of') and what.endswith('at 64x64')
+    x = batches[0]
+    assert set(x) == set(man.inputs)
+    assert all(list(x[k].shape) == man.inputs[k] for k in x)
+    if family == 'dfv':       # sorted near to far, as the node feeds DFV
+        assert bool((x['focus'][0, 1:] > x['focus'][0, :-1]).all())
+    else:
+        assert x['cost_volume'].dtype == torch.float32 and float(x['image'].max()) <= 1.0
+    e = load_engine(path, backend='onnxruntime', device='cpu', fallback=False)
+    assert e.infer(x)[0].shape == (1, 1, 64, 64)
+    m['training'] = {'config': {'data': {'cache': str(tmp_path / 'elsewhere')}}}
+    path.write_text(json.dumps(m))
+    assert validation_inputs(load_manifest(path))[0] == []

@@ -112,3 +112,34 @@ def test_build_engine_fails_clearly_without_tensorrt_or_gpu(tiny_engines, capsys
 def test_build_engine_reports_missing_onnx(tmp_path, capsys):
     assert build_main([str(tmp_path / 'nope.onnx')]) == EXIT_UNAVAILABLE
     assert 'does not exist' in capsys.readouterr().err     # the manifest beside it
+
+
+def test_exported_fp32_cast_runs_under_bf16_autocast():
+    """torch.export guards ``x.float()`` with a dtype assert that bf16 autocast trips; the torch
+    backend drops the guards and keeps the cast (softmax and expectation stay fp32)."""
+    import io
+
+    from ddfs_ros.engines.torch_backend import drop_metadata_asserts
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            return torch.softmax(self.conv(x).float(), dim=1)
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.rand(1, 3, 16, 16)
+    buf = io.BytesIO()
+    torch.export.save(torch.export.export(net, (x,)), buf)
+    module = drop_metadata_asserts(torch.export.load(io.BytesIO(buf.getvalue())).module())
+    assert not any('assert_tensor_metadata' in str(n.target) for n in module.graph.nodes)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        got = module(x)
+        want = net(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), net(x))          # fp32 unchanged

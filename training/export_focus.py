@@ -14,6 +14,13 @@ states ``size_multiple`` and the sizes it was checked on, ``validated_size``).  
 
 Outputs ``depth`` and ``uncertainty``, B x 1 x H x W metres.  Every artefact's sha256
 goes into the manifest (:func:`ddfs_ros.engines.manifest.add_artifact_hashes`).
+
+Last, the CPU preference is measured on this machine and written into the manifest
+(``cpu_preference``: the fastest of onnxruntime fp32 / torch fp32 / torch bf16 whose
+bf16 depth stays within 1 % of fp32 at p99, :mod:`ddfs_ros.engines.cpu_preference`);
+``--no-cpu-preference`` skips it (rerun ``python -m ddfs_ros.engines.cpu_preference
+engines/NAME.json`` later, e.g. on an idle machine: timings taken while training runs
+are not worth much).
 """
 from __future__ import annotations
 
@@ -77,8 +84,11 @@ def max_abs_diff(path: Path, model: torch.nn.Module, family: str, num: int) -> d
 
 
 def export_checkpoint(ckpt_path: Path | str, onnx_path: Path | str, torch_program: bool = True,
-                      extra: Optional[dict] = None) -> Path:
-    """Write ``NAME.onnx``, ``NAME.pt2`` and ``NAME.json`` from a ``train_focus`` checkpoint."""
+                      extra: Optional[dict] = None, cpu_preference: bool = True) -> Path:
+    """Write ``NAME.onnx``, ``NAME.pt2`` and ``NAME.json`` from a ``train_focus`` checkpoint.
+
+    ``cpu_preference``: measure it here and add it to the manifest (see the module docstring).
+    """
     ckpt_path, onnx_path = Path(ckpt_path), Path(onnx_path)
     ck = torch.load(ckpt_path, map_location='cpu', weights_only=False)
     conf = ck['config']
@@ -143,6 +153,9 @@ def export_checkpoint(ckpt_path: Path | str, onnx_path: Path | str, torch_progra
     add_artifact_hashes(manifest, onnx_path.parent)
     man_path = onnx_path.with_suffix('.json')
     man_path.write_text(json.dumps(manifest, indent=1, default=str))
+    if cpu_preference:
+        from ddfs_ros.engines.cpu_preference import measure_and_write
+        measure_and_write(man_path)
     return man_path
 
 
@@ -193,8 +206,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('checkpoint')
     ap.add_argument('--out', required=True, help='engines/NAME.onnx')
     ap.add_argument('--no-pt2', action='store_true')
+    ap.add_argument('--no-cpu-preference', action='store_true',
+                    help='do not time the CPU backends (no cpu_preference in the manifest)')
     a = ap.parse_args(argv)
-    man = export_checkpoint(a.checkpoint, a.out, torch_program=not a.no_pt2)
+    man = export_checkpoint(a.checkpoint, a.out, torch_program=not a.no_pt2, cpu_preference=not a.no_cpu_preference)
     m = json.loads(man.read_text())
     print(f'wrote {a.out} ({Path(a.out).stat().st_size / 1e6:.2f} MB) and {man}; onnxruntime vs eager '
           f'{m["onnx_vs_torch_max_abs_diff_m"]}')

@@ -47,7 +47,7 @@ class OnnxRuntimeEngine(Engine):
         if outs[:2] != ['depth', 'uncertainty']:
             raise EngineError(f'engine {manifest.name}: ONNX outputs {outs} are not [depth, uncertainty]')
         self.provider = self.session.get_providers()[0]
-        self.description = f'onnxruntime {ort.__version__} {self.provider}'
+        self.description = f'onnxruntime {ort.__version__} {self.provider} fp32'
         self._out_shapes = {o.name: o.shape for o in self.session.get_outputs()}
 
     @torch.no_grad()

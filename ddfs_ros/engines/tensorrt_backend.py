@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 #: Builder workspace (bytes).
 WORKSPACE_BYTES = 1 << 30
 PRECISIONS = ('fp32', 'fp16')
-#: The one precision default of the node, ``ddfs-run`` and ``training/build_engine.py``.
+#: The TensorRT precision default of ``training/build_engine.py`` and of the node's
+#: ``precision: auto`` (which is fp32 on a GPU): one plan cache key for both.
 DEFAULT_PRECISION = 'fp32'
 
 

@@ -33,8 +33,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
 
 from .. import ros_io
-from ..engines import EngineError, load_engine
-from ..engines.tensorrt_backend import DEFAULT_PRECISION
+from ..engines import BACKENDS, DEFAULT_PRECISION, PRECISIONS, EngineError, load_engine
 from ..align import check_align_mode
 from ..pipeline import DEFAULT_MAX_RELATIVE_UNCERTAINTY, DepthPipeline
 from ..stack import StackError
@@ -131,12 +130,17 @@ class InferenceNode(Node):
         d = self.declare_parameter
         d('engine', DEFAULT_ENGINE, describe('engine manifest (.json); relative = the package share dir',
                                              read_only=True))
-        d('backend', 'auto', describe('inference backend', read_only=True,
-                                      choices=['auto', 'tensorrt', 'onnxruntime', 'torch']))
+        d('backend', 'auto', describe('inference backend (auto: tensorrt > onnxruntime > torch on a GPU; on a CPU '
+                                      "the engine manifest's measured cpu_preference first, else onnxruntime)",
+                                      read_only=True, choices=['auto', *BACKENDS]))
         d('device', '', describe("torch device ('' = cuda if available, else cpu)", read_only=True))
-        d('fallback', True, describe('fall back along tensorrt > onnxruntime > torch on failure', read_only=True))
-        d('precision', DEFAULT_PRECISION, describe('TensorRT precision (fp16 needs an FP16 ONNX in the manifest)',
-                                                   read_only=True, choices=['fp32', 'fp16']))
+        d('fallback', True, describe('fall back along the backend chain on failure', read_only=True))
+        d('precision', DEFAULT_PRECISION, describe(
+            "inference precision. auto: on a CPU the engine manifest's measured cpu_preference (e.g. torch bf16 "
+            'where it is faster and within 1 % of fp32), fp32 without one and on a GPU; fp32: full precision on '
+            'every backend; fp16: TensorRT FP16 (needs an FP16 ONNX in the manifest, else fp32); bf16: torch '
+            'backend under bf16 autocast (fp32 on CPUs without AVX512-BF16/AMX). onnxruntime always runs fp32; '
+            'the log and /diagnostics (backend_detail) say what runs', read_only=True, choices=list(PRECISIONS)))
         d('hypothesis_mode', 'from_focus', describe('depth hypotheses', choices=['fixed', 'from_focus', 'range']))
         d('depth_min', 0.0, describe('hypothesis range start (m) for hypothesis_mode=range', lo=0.0, hi=1000.0))
         d('depth_max', 0.0, describe('hypothesis range end (m) for hypothesis_mode=range', lo=0.0, hi=1000.0))
@@ -205,6 +209,10 @@ class InferenceNode(Node):
         return SetParametersResult(successful=True)
 
     def _load_engine(self):
+        # bad choices are parameter errors: one FATAL line naming the parameter, exit 1 (run_node)
+        for pname, choices in (('backend', ('auto', *BACKENDS)), ('precision', PRECISIONS)):
+            if self._param(pname) not in choices:
+                raise ValueError(f'parameter {pname}: {self._param(pname)!r} is not one of {", ".join(choices)}')
         name = self._param('engine')
         try:
             path = resolve_path(name)
