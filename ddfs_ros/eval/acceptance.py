@@ -112,13 +112,18 @@ def markdown_table(per_bag: dict, with_mean: bool = True) -> str:
 
 def score_bag(bag: Path, engines: Sequence, report_dir: Path, backend: str = 'auto',
               hypothesis_mode=DEFAULT_HYPOTHESIS_MODE, max_relative_uncertainty: Optional[float] = None,
-              replay: bool = True, grid_stacks: int = 2) -> list[dict]:
-    """Engines (through the node, or offline) and both baselines on one bag; writes its report; returns rows."""
+              replay: bool = True, grid_stacks: int = 2, processing_width: Optional[int] = None) -> list[dict]:
+    """Engines (through the node, or offline) and both baselines on one bag; writes its report; returns rows.
+
+    ``processing_width`` (px): the node's parameter for the replay (default: the node's).
+    """
     from .bags import open_bag_info
     info = open_bag_info(bag)
     if replay and engines:
         from .replay import ReplayOptions, replay_bag
         params = {} if max_relative_uncertainty is None else {'max_relative_uncertainty': max_relative_uncertainty}
+        if processing_width:
+            params['processing_width'] = int(processing_width)
         runs, samples = replay_bag(bag, engines, ReplayOptions(backend=backend, hypothesis_mode=hypothesis_mode,
                                                                namespace=info.namespace, grid_stacks=grid_stacks,
                                                                node_params=params))
@@ -149,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--max-relative-uncertainty', type=float, default=None, metavar='R',
                    help="the node's sanity mask (default: the node's 0.5; 0 = off, every pixel scored)")
     p.add_argument('--offline', action='store_true', help='score through the pipeline, without ROS')
+    p.add_argument('--processing-width', type=int, default=None, metavar='PX',
+                   help="the node's processing_width for the replay (default: the node's)")
     p.add_argument('--json', default=None, help='also write every row as JSON')
     return p
 
@@ -156,7 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .offline import parse_hypothesis_mode
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.offline and args.processing_width:
+        parser.error('--processing-width sets a node parameter: it needs the replay (no --offline)')
     engines = args.engine if args.engine is not None else sorted(str(p) for p in (ROOT / 'engines').glob('*.json'))
     bags = [Path(b) for b in (args.bag or TEST_BAGS)]
     missing = [str(b) for b in bags if not b.exists()]
@@ -170,14 +180,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for bag in bags:
         LOG.info('scoring %s', bag)
         rows = score_bag(bag, engines, reports / bag.name, args.backend, mode, args.max_relative_uncertainty,
-                         replay=not args.offline)
+                         replay=not args.offline, processing_width=args.processing_width)
         per_bag[bag.name] = add_reduction(rows)
         all_rows += [dict(r, bag=bag.name) for r in per_bag[bag.name]]
     pairs = {}
     if args.pairs_bag:
         pb = Path(args.pairs_bag)
         rows = score_bag(pb, engines, reports / pb.name, args.backend, mode, args.max_relative_uncertainty,
-                         replay=not args.offline)
+                         replay=not args.offline, processing_width=args.processing_width)
         pairs[pb.name] = add_reduction(rows)
         all_rows += [dict(r, bag=pb.name) for r in pairs[pb.name]]
     mask = ("the node's default (uncertainty <= 0.5 x depth)" if args.max_relative_uncertainty is None
@@ -186,7 +196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     lines = ['# Issue 9 acceptance table', '',
              f'Engines: {", ".join(Path(e).stem for e in engines) or "none"}; '
              f'{"offline pipeline" if args.offline else "replayed through the inference node"}, backend '
-             f'{args.backend}, hypotheses {args.hypotheses}; sanity mask: {mask}. Baselines: '
+             f'{args.backend}, hypotheses {args.hypotheses}, processing_width '
+             f'{args.processing_width or "the node default"}; sanity mask: {mask}. Baselines: '
              f'{BASELINE_NAME}, {MEDIAN_ORACLE_NAME} (a constant at each stack\'s median ground truth).', '',
              'Metrics per stack on the pixels with ground truth and a depth, averaged over stacks; coverage = % '
              'of ground-truth pixels with a depth; unc_cal = fraction of those with |error| <= uncertainty; '
