@@ -36,8 +36,10 @@ def test_resize_and_pitch_scaling_match_the_stages_run_by_hand(engines):
     assert res.depth.shape == (96, 128) and res.uncertainty.shape == (96, 128)
     # the same stages by hand: centre crop 96 x 96, area resize, pitch * 96 / 64, cost volume,
     # infer, bilinear back into the crop, NaN outside it
-    crop = torch.from_numpy(stack.frames[:, :, 16:112]).permute(0, 3, 1, 2)
-    frames = Fnn.interpolate(crop, size=(64, 64), mode='area')
+    import cv2       # the pipeline's area resampling on a CPU (exact pixel areas)
+    crop = stack.frames[:, :, 16:112]
+    frames = torch.from_numpy(np.stack([cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA) for f in crop]))
+    frames = frames.permute(0, 3, 1, 2).contiguous()
     hyp = eng.manifest.train_hypotheses()
     cv = CostVolume(max_coc_px=eng.manifest.max_coc_px)(frames, stack.focus_m, stack.per_frame_f_numbers(), 0.01,
                                                       20e-6 * 96 / 64, hyp)
