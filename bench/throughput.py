@@ -57,7 +57,8 @@ def direct_cpu_ms(pipeline, stacks, n: int) -> float:
     return (time.process_time() - c) / n * 1e3
 
 
-def ros_run(engine: str, stacks, seconds: float, processing_width: int, namespace: str) -> dict:
+def ros_run(engine: str, stacks, seconds: float, processing_width: int, namespace: str,
+            backend: str = 'auto') -> dict:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
@@ -66,7 +67,7 @@ def ros_run(engine: str, stacks, seconds: float, processing_width: int, namespac
     from ddfs_ros import ros_io
     from ddfs_ros.nodes.common import subscription_qos
 
-    proc = start_inference_node(namespace, {'engine': engine, 'backend': 'onnxruntime', 'device': 'cpu',
+    proc = start_inference_node(namespace, {'engine': engine, 'backend': backend, 'device': 'cpu',
                                             'processing_width': processing_width, 'warmup_runs': 2})
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
@@ -168,24 +169,27 @@ def main(argv=None) -> int:
     ap.add_argument('--direct', type=int, default=5, help='direct runs per row (CPU time of the compute)')
     ap.add_argument('--processing-width', type=int, default=256)
     ap.add_argument('--plot', default=str(ROOT / 'bench' / 'throughput.png'))
+    ap.add_argument('--backend', default='auto',
+                    help="the node's backend (default auto: the manifest's measured CPU preference)")
     args = ap.parse_args(argv)
     os.environ.update(ros_env(70))
     from ddfs_ros.engines import load_engine
     from ddfs_ros.pipeline import DepthPipeline
     rows = []
-    print(f'# F = 5 rgb8, processing_width {args.processing_width}, onnxruntime CPU; load average '
+    print(f'# F = 5 rgb8, processing_width {args.processing_width}, backend {args.backend} (CPU); load average '
           f'{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at start')
     print('| engine | size | stacks/s | node CPU ms/stack | direct CPU ms/stack | ROS overhead | '
           'bench CPU ms/stack | sent | drops |')
     print('|---|---|---|---|---|---|---|---|---|')
     for eng_path in args.engines:
-        engine = load_engine(eng_path, backend='onnxruntime', device='cpu')
+        engine = load_engine(eng_path, backend=args.backend, device='cpu')
+        print(f'# {engine.manifest.name}: {engine.description}', flush=True)
         pipeline = DepthPipeline(engine, 'from_focus', processing_width=args.processing_width)
         for size in args.sizes.split(','):
             w, h = (int(x) for x in size.lower().split('x'))
             stacks = plane_stacks(w, h, 3)
             direct = direct_cpu_ms(pipeline, stacks, args.direct)
-            r = ros_run(eng_path, stacks, args.seconds, args.processing_width, f'/tp{os.getpid()}')
+            r = ros_run(eng_path, stacks, args.seconds, args.processing_width, f'/tp{os.getpid()}', args.backend)
             r.update(engine=engine.manifest.name, size=size, pixels=w * h, direct_cpu_ms=direct,
                      overhead=(r['node_cpu_ms'] - direct) / direct)
             rows.append(r)

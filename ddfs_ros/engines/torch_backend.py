@@ -118,6 +118,10 @@ class TorchEngine(Engine):
     @torch.no_grad()
     def infer(self, inputs):
         args = self.check_inputs(inputs)
+        if self.device.type == 'cpu':
+            # oneDNN's convolutions run NHWC natively: NCHW inputs get reordered at every
+            # layer (measured, ddfs_s bf16 at 256 x 192: 77 -> 45 ms with channels-last inputs)
+            args = [a.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else a for a in args]
         if self.precision == 'bf16':
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 out = self.module(*args)
