@@ -209,17 +209,21 @@ def _relative_diff(engine_a, engine_b, batches: list[dict]) -> np.ndarray:
     return np.concatenate(diffs) if diffs else np.zeros(0)
 
 
-def machine_description() -> str:
-    """CPU model, logical CPUs and whether it has fast bf16, for the record."""
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
     model = platform.processor() or platform.machine()
     try:
         for line in Path('/proc/cpuinfo').read_text().splitlines():
             if line.startswith('model name'):
-                model = line.split(':', 1)[1].strip()
-                break
+                return line.split(':', 1)[1].strip()
     except OSError:
         pass
-    return f'{model}, {os.cpu_count()} logical CPUs, fast bf16: {"yes" if torch_backend.cpu_has_fast_bf16() else "no"}'
+    return model
+
+
+def machine_description() -> str:
+    """CPU model, logical CPUs and whether it has fast bf16, for the record."""
+    return f'{cpu_model()}, {os.cpu_count()} logical CPUs, fast bf16: {"yes" if torch_backend.cpu_has_fast_bf16() else "no"}'
 
 
 def choose(measured: dict, max_rel_diff_p99: float = MAX_REL_DIFF_P99) -> tuple[str, str]:

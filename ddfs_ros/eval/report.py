@@ -291,16 +291,8 @@ def save_sparsification(path, runs: Sequence[MethodRun], title: str = '') -> Opt
 
 def machine_line() -> str:
     """Short description of this machine for report headers."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as fh:
-            for line in fh:
-                if line.startswith('model name'):
-                    cpu = line.split(':', 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f'{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} logical CPUs'
+    from ..engines.cpu_preference import cpu_model
+    return f'{platform.system()} {platform.machine()}, {cpu_model()}, {os.cpu_count()} logical CPUs'
 
 
 def write_report(out_dir, bag: str, runs: Sequence[MethodRun], samples: dict, has_gt: bool,
