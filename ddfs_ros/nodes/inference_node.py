@@ -87,7 +87,7 @@ class InferenceNode(Node):
         self.last_alignment: list = []
         if p('warmup_runs') > 0:
             ms = self.pipeline.warm_up(runs=int(p('warmup_runs')))
-            self.get_logger().info(f'warm-up done: {ms:.1f} ms per stack at the engine size on '
+            self.get_logger().info(f'warm-up done: {ms:.1f} ms per stack (last of {int(p("warmup_runs"))}) on '
                                    f'{self.engine.description}')
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -120,9 +120,11 @@ class InferenceNode(Node):
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name='ddfs_inference_worker', daemon=True)
         self._worker.start()
+        m = self.engine.manifest
+        size = (f'any size, processing_width {self.pipeline.processing_width} px' if m.dynamic_size
+                else f'{m.height}x{m.width}')
         self.get_logger().info(
-            f'ready: engine {self.engine.manifest.name} ({self.engine.manifest.family}, '
-            f'{self.engine.manifest.height}x{self.engine.manifest.width}) on {self.engine.description}; '
+            f'ready: engine {m.name} ({m.family}, {size}) on {self.engine.description}; '
             f'listening on {self.subs["image"].topic_name}')
 
     # -- parameters ---------------------------------------------------------------------
