@@ -219,3 +219,11 @@ def test_acceptance_table_reduction_and_means():
     table = markdown_table({'a': bag_a, 'b': bag_b})
     assert '| a | e | 3 | 0.0500 | 90.0 | 90.0 |' in table and '+50.0 %' in table
     assert 'mean of the 2 bags' in table
+
+
+def test_acceptance_processing_width_is_a_replay_node_parameter():
+    from ddfs_ros.eval.acceptance import build_parser, main
+    assert build_parser().parse_args(['--out', 'x.md', '--processing-width', '224']).processing_width == 224
+    with pytest.raises(SystemExit) as e:       # offline scoring has no node to set it on
+        main(['--out', 'x.md', '--offline', '--processing-width', '224'])
+    assert e.value.code == 2
