@@ -35,6 +35,8 @@ bench: $(STAMP)
 	$(PY) -m bench.node_latency
 	$(PY) -m bench.memory
 	$(PY) -m bench.stages
+	$(PY) -m bench.refine
+	$(PY) -m bench.throughput
 
 
 # Retrain and re-export the shipped engines on this machine (CPU: about an hour on 2 cores).

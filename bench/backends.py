@@ -53,21 +53,27 @@ def main(argv=None) -> int:
         row = [f'{family:7s} {ref.manifest.name:14s} {ref.manifest.height}x{ref.manifest.width}  '
                f'torch eager {t_ref:8.2f} ms (1.00x)']
         speedup = {}
-        for backend in ('onnxruntime', 'tensorrt'):
+        for backend, precision in (('onnxruntime', 'fp32'), ('tensorrt', 'fp32'), ('torch', 'bf16')):
+            key = backend if precision == 'fp32' else f'{backend}_{precision}'
             try:
-                e = load_engine(path, backend=backend, device=args.device, fallback=False)
+                e = load_engine(path, backend=backend, device=args.device, fallback=False, precision=precision)
             except EngineError as err:
-                row.append(f'{backend}: n/a')
-                print(f'# {backend} not measured: {err}')
+                row.append(f'{key}: n/a')
+                print(f'# {key} not measured: {err}')
+                continue
+            if precision not in e.description.split():      # e.g. bf16 on a CPU without it
+                row.append(f'{key}: n/a ({e.description})')
                 continue
             t, d = time_engine(e, x, args.repeat)
-            speedup[backend] = t_ref / t
-            row.append(f'{e.description.split(" ")[0]} {t:8.2f} ms ({t_ref / t:.2f}x, '
-                       f'max |d - torch| {float((d - d_ref).abs().max()):.1e} m)')
+            speedup[key] = t_ref / t
+            rel = float(((d - d_ref).abs() / d_ref.abs().clamp_min(1e-6)).max())
+            row.append(f'{key} {t:8.2f} ms ({t_ref / t:.2f}x, max |d - torch| {float((d - d_ref).abs().max()):.1e} m, '
+                       f'relative {rel:.1e})')
         print('  |  '.join(row))
         summary.append(f'{family}={speedup.get("onnxruntime", float("nan")):.2f}')
-        if 'tensorrt' in speedup:
-            summary.append(f'{family}_tensorrt={speedup["tensorrt"]:.2f}')
+        for key in ('tensorrt', 'torch_bf16'):
+            if key in speedup:
+                summary.append(f'{family}_{key}={speedup[key]:.2f}')
     print('backends ' + ' '.join(summary) + f' device={args.device}')
     return 0
 
