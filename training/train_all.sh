@@ -24,6 +24,7 @@ lane() {  # name train_shards
     $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --part 1 --shards 0:16
     if [ "$n" = ddfs_s ]; then   # its second extra part: aperture pairs focused towards the near end
       $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --part 2 --shards 0:8
+      $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --part 3 --shards 0:8
     fi; } &
   $PY -m training.train_focus --config "training/configs/$n.yaml" --resume --hours "$HOURS" >> "runs/train_$n.log" 2>&1
   wait
