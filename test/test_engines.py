@@ -561,10 +561,14 @@ def test_choose_takes_the_fastest_option_within_tolerance():
     from ddfs_ros.engines.cpu_preference import choose
     m = {'onnxruntime_fp32_ms': 120.0, 'torch_fp32_ms': 97.0, 'torch_bf16_ms': 47.5, 'bf16_rel_diff_p99': 2.7e-3}
     assert choose(m) == ('torch', 'bf16')
-    assert choose(dict(m, bf16_rel_diff_p99=1.3e-2)) == ('torch', 'fp32')        # bf16 too far from fp32
+    assert choose(dict(m, bf16_rel_diff_p99=1.3e-2, torch_fp32_ms=80.0)) == ('torch', 'fp32')   # bf16 too far
     assert choose({'onnxruntime_fp32_ms': 136.0, 'torch_fp32_ms': 585.0, 'torch_bf16_ms': 145.0,
                    'bf16_rel_diff_p99': 1.3e-2}) == ('onnxruntime', 'fp32')
-    assert choose(dict(m, torch_bf16_ms=None, bf16_rel_diff_p99=None)) == ('torch', 'fp32')   # no fast bf16
+    assert choose(dict(m, torch_bf16_ms=None, bf16_rel_diff_p99=None, torch_fp32_ms=80.0)) == ('torch', 'fp32')
+    # onnxruntime stays unless another option is clearly faster (dfv_s measured 156.6 vs 152.4 ms)
+    assert choose({'onnxruntime_fp32_ms': 156.6, 'torch_fp32_ms': 641.3, 'torch_bf16_ms': 152.4,
+                   'bf16_rel_diff_p99': 7.4e-3}) == ('onnxruntime', 'fp32')
+    assert choose(dict(m, bf16_rel_diff_p99=1.3e-2)) == ('onnxruntime', 'fp32')     # torch fp32 only 1.24x
     with pytest.raises(EngineError):
         choose({'onnxruntime_fp32_ms': None})
 

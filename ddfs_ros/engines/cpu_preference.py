@@ -66,6 +66,9 @@ MAX_REL_DIFF_P99 = 0.01
 VALIDATION_STACKS = 8
 #: (backend, precision) options, in the order a tie is resolved.
 OPTIONS = (('onnxruntime', 'fp32'), ('torch', 'fp32'), ('torch', 'bf16'))
+#: onnxruntime stays the CPU default (the project's rule: much faster than torch eager
+#: for 3D convolutions) unless another option measures at least this much faster.
+MIN_SPEEDUP_OVER_ONNXRUNTIME = 1.25
 
 
 @dataclass
@@ -226,8 +229,13 @@ def machine_description() -> str:
     return f'{cpu_model()}, {os.cpu_count()} logical CPUs, fast bf16: {"yes" if torch_backend.cpu_has_fast_bf16() else "no"}'
 
 
-def choose(measured: dict, max_rel_diff_p99: float = MAX_REL_DIFF_P99) -> tuple[str, str]:
-    """The fastest (backend, precision) of ``measured``; bf16 only if its p99 difference qualifies."""
+def choose(measured: dict, max_rel_diff_p99: float = MAX_REL_DIFF_P99,
+           min_speedup: float = MIN_SPEEDUP_OVER_ONNXRUNTIME) -> tuple[str, str]:
+    """The (backend, precision) of ``measured`` the node should run on a CPU.
+
+    onnxruntime fp32 unless the fastest other option is at least ``min_speedup`` times
+    faster; bf16 only if its p99 relative depth difference to fp32 qualifies.
+    """
     cands = []
     for backend, precision in OPTIONS:
         t = measured.get(f'{backend}_{precision}_ms')
@@ -240,7 +248,10 @@ def choose(measured: dict, max_rel_diff_p99: float = MAX_REL_DIFF_P99) -> tuple[
         cands.append((float(t), backend, precision))
     if not cands:
         raise EngineError('no backend could be timed')
-    _, backend, precision = min(cands, key=lambda c: c[0])     # min keeps the first of equal times
+    t, backend, precision = min(cands, key=lambda c: c[0])     # min keeps the first of equal times
+    t_ort = measured.get('onnxruntime_fp32_ms')
+    if backend != 'onnxruntime' and t_ort is not None and float(t_ort) < min_speedup * t:
+        return 'onnxruntime', 'fp32'
     return backend, precision
 
 
@@ -305,11 +316,18 @@ def measure(manifest_path: str | Path, size: Sequence[int] = TIMING_SIZE, runs: 
         'torch': torch.__version__, 'onnxruntime': _ort_version(), 'machine': machine_description(),
         'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
     })
-    rule = (f'fastest of {", ".join(f"{b} {p}" for b, p in OPTIONS)} on one {H}x{W} input (median of {runs} '
-            f'round-robin runs after {warmup} warm-up runs each), bf16 only if its p99 relative depth difference '
-            f'to fp32 is <= {max_rel_diff_p99:g}')
+    rule = rule_text(H, W, runs, warmup, max_rel_diff_p99)
     say(f'{manifest.name}: preferred on this CPU: {backend} {precision}')
     return {'backend': backend, 'precision': precision, 'rule': rule, 'measured': measured}
+
+
+def rule_text(H: int, W: int, runs: int, warmup: int, max_rel_diff_p99: float = MAX_REL_DIFF_P99,
+              min_speedup: float = MIN_SPEEDUP_OVER_ONNXRUNTIME) -> str:
+    """The ``rule`` string of a record: how :func:`choose` picked."""
+    return (f'onnxruntime fp32 unless the fastest of {", ".join(f"{b} {p}" for b, p in OPTIONS)} on one '
+            f'{H}x{W} input (median of {runs} round-robin runs after {warmup} warm-up runs each) is >= '
+            f'{min_speedup:g}x faster; bf16 only if its p99 relative depth difference to fp32 is <= '
+            f'{max_rel_diff_p99:g}')
 
 
 def _ort_version() -> Optional[str]:
