@@ -36,7 +36,6 @@ import threading
 import time
 from pathlib import Path
 
-
 from bench._ros import plane_stacks, ros_env, shut_down, stack_publishers, start_inference_node
 
 ROOT = Path(__file__).resolve().parents[1]

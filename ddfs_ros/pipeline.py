@@ -101,7 +101,7 @@ def _area_resize(frames: np.ndarray, width: int, height: int, channels: int = 3)
     Gray frames are repeated to ``channels`` after the resize (cheaper than before).
     """
     import cv2
-    F, _, _, C = frames.shape
+    F = frames.shape[0]
     out = np.empty((F, channels, height, width), dtype=np.float32)
     for i in range(F):
         r = cv2.resize(frames[i], (width, height), interpolation=cv2.INTER_AREA)

@@ -16,8 +16,8 @@ Outputs ``depth`` and ``uncertainty``, B x 1 x H x W metres.  Every artefact's s
 goes into the manifest (:func:`ddfs_ros.engines.manifest.add_artifact_hashes`).
 
 Last, the CPU preference is measured on this machine and written into the manifest
-(``cpu_preference``: the fastest of onnxruntime fp32 / torch fp32 / torch bf16 whose
-bf16 depth stays within 1 % of fp32 at p99, :mod:`ddfs_ros.engines.cpu_preference`);
+(``cpu_preference``: onnxruntime fp32 unless torch fp32 or torch bf16 is >= 1.25x
+faster, bf16 only within 1 % of fp32 at p99, :mod:`ddfs_ros.engines.cpu_preference`);
 ``--no-cpu-preference`` skips it (rerun ``python -m ddfs_ros.engines.cpu_preference
 engines/NAME.json`` later, e.g. on an idle machine: timings taken while training runs
 are not worth much).

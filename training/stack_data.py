@@ -325,19 +325,21 @@ class ShardDataset(Dataset):
         if not paths:
             raise FileNotFoundError(f'no shards in {", ".join(str(Path(f) / split) for f in folders)}')
         # filled shard by shard into arrays allocated once: concatenating lists of shards
-        # held every sample twice (~13 GB at 32 cost-volume shards)
-        counts, layout = [], {}
+        # held every sample twice (~13 GB at 32 cost-volume shards).  The sizes come from
+        # the small per-sample 'nframes' array; the first shard read gives the layout.
+        counts = []
         for p in paths:
             with np.load(p) as z:
-                counts.append(int(z['gt'].shape[0]))
-                if not layout:
-                    layout = {k: (z[k].shape[1:], z[k].dtype) for k in z.files}
-        self.arrays = {k: np.empty((sum(counts), *shape), dtype) for k, (shape, dtype) in layout.items()}
+                counts.append(int(z['nframes'].shape[0]))
+        self.arrays: dict = {}
         start = 0
         for p, n in zip(paths, counts):
             with np.load(p) as z:
-                for k in layout:
-                    self.arrays[k][start:start + n] = z[k]
+                for k in z.files:
+                    a = z[k]
+                    if k not in self.arrays:
+                        self.arrays[k] = np.empty((sum(counts), *a.shape[1:]), a.dtype)
+                    self.arrays[k][start:start + n] = a
             start += n
         self.num_shards = len(paths)
 

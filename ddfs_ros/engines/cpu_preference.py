@@ -19,8 +19,9 @@ manifest:
   :data:`VALIDATION_STACKS` validation stacks of the manifest's training data
   (``training.config.data.cache``/val) at their own size; random inputs of the timing
   size when that data is not on this machine (the record says which);
-- choose the fastest option whose p99 relative difference is <= :data:`MAX_REL_DIFF_P99`
-  (fp32 options always qualify).
+- choose (:func:`choose`) the fastest option whose p99 relative difference is <=
+  :data:`MAX_REL_DIFF_P99` (fp32 options always qualify), but keep onnxruntime fp32
+  unless that option is at least :data:`MIN_SPEEDUP_OVER_ONNXRUNTIME` times faster.
 
 The record::
 
