@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from .optics import LensModel
-from .psf import DELTA_RADIUS_PX, disk_psfs, kernels_to_spectra
+from .psf import DELTA_RADIUS_PX, PSF_SHAPES, kernels_to_spectra
 from .stack import FocalStack
 
 #: Default largest change of blur diameter (px) between neighbouring blur nodes.
@@ -167,9 +167,10 @@ def _torch_generator(rng, device: torch.device) -> Optional[torch.Generator]:
 
 # --------------------------------------------------------------------------- PSF table
 class _DiskSpectrumTable:
-    """Spectra of disk PSFs on one H x W canvas at the radii of :func:`_table_radius`, filled lazily.
+    """Spectra of disk (or other ``psf`` shape) PSFs on one H x W canvas at the radii of
+    :func:`_table_radius`, filled lazily.
 
-    A disk is symmetric about its centre, so its spectrum is real and even.  The table
+    A disk (like the Gaussian) is symmetric about its centre, so its spectrum is real and even.  The table
     holds the full grid (the packed complex FFTs of the renderer need it) with every
     value twice, K x H x W x 2 float32 laid out like ``torch.view_as_real`` of a complex
     spectrum: blurring is then one real elementwise product that broadcasts over leading
@@ -178,8 +179,10 @@ class _DiskSpectrumTable:
     recomputed.
     """
 
-    def __init__(self, shape: tuple[int, int], device: torch.device, dtype=torch.float32) -> None:
+    def __init__(self, shape: tuple[int, int], device: torch.device, dtype=torch.float32,
+                 psf: str = 'disk') -> None:
         self.shape = shape
+        self.kernels = PSF_SHAPES[psf]
         self.device = device
         self.dtype = dtype
         self.table = torch.zeros((0, shape[0], shape[1], 2), dtype=dtype, device=device)
@@ -194,7 +197,7 @@ class _DiskSpectrumTable:
             self.filled = np.concatenate([self.filled, np.zeros(top - self.filled.size, dtype=bool)])
         missing = np.unique(indices[~self.filled[indices]])
         if missing.size:
-            kernels = torch.as_tensor(disk_psfs(_table_radius(missing)), dtype=self.dtype, device=self.device)
+            kernels = torch.as_tensor(self.kernels(_table_radius(missing)), dtype=self.dtype, device=self.device)
             half = kernels_to_spectra(kernels, self.shape).real
             W, Wk = self.shape[1], self.shape[1] // 2 + 1
             # Even in x: column kx > W/2 equals column W - kx.
@@ -237,11 +240,11 @@ _TABLES: dict = {}
 _MAX_TABLES = 6
 
 
-def _spectrum_table(shape: tuple[int, int], device: torch.device) -> _DiskSpectrumTable:
-    key = (shape, str(device))
+def _spectrum_table(shape: tuple[int, int], device: torch.device, psf: str = 'disk') -> _DiskSpectrumTable:
+    key = (shape, str(device), psf)
     table = _TABLES.pop(key, None)
     if table is None:
-        table = _DiskSpectrumTable(shape, device)
+        table = _DiskSpectrumTable(shape, device, psf=psf)
     _TABLES[key] = table  # most recently used last
     while len(_TABLES) > _MAX_TABLES:
         _TABLES.pop(next(iter(_TABLES)))
@@ -365,7 +368,7 @@ def render_focal_stack(rgb: np.ndarray, depth_m: np.ndarray, focus_m: Sequence[f
                        max_step_px: float = DEFAULT_MAX_STEP_PX,
                        occlusion_step_px: float = DEFAULT_OCCLUSION_STEP_PX,
                        discontinuity_px: float = DEFAULT_DISCONTINUITY_PX,
-                       linear_light: bool = True) -> np.ndarray:
+                       linear_light: bool = True, psf: str = 'disk') -> np.ndarray:
     """Render a focal stack from an all-in-focus image and its depth.
 
     Args:
@@ -383,6 +386,8 @@ def render_focal_stack(rgb: np.ndarray, depth_m: np.ndarray, focus_m: Sequence[f
         max_step_px: largest blur-diameter change (px) between neighbouring bins.
         occlusion_step_px: largest blur-diameter spread (px) inside one occlusion layer.
         linear_light: decode sRGB before blurring and encode after (default True).
+        psf: blur-spot shape, ``'disk'`` (thin lens, default) or ``'gaussian'`` (same
+            second moment, std = radius / 2: a lens that departs from the thin lens).
 
     Returns:
         F x H x W x C float32 in [0, 1] (C as the input; 3 for RGB).
@@ -409,6 +414,8 @@ def render_focal_stack(rgb: np.ndarray, depth_m: np.ndarray, focus_m: Sequence[f
     if np.any(focus <= lens.focal_length_m):
         raise ValueError(f'focus distances {focus.tolist()} must exceed the focal length {lens.focal_length_m} m')
     F = focus.size
+    if psf not in PSF_SHAPES:
+        raise ValueError(f'psf must be one of {sorted(PSF_SHAPES)}, got {psf!r}')
 
     with torch.no_grad():
         image = torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1)), dtype=torch.float32, device=dev)
@@ -423,7 +430,7 @@ def render_focal_stack(rgb: np.ndarray, depth_m: np.ndarray, focus_m: Sequence[f
             warnings.warn(f'render: blur radius {plan.radii_px.max():.1f} px capped at {cap:.1f} px '
                           f'(half the shorter image side); check the lens settings', RuntimeWarning)
         radii = np.minimum(plan.radii_px, cap)
-        out = _composite(image, plan, radii, dev, discontinuity_px)  # F x C x H x W linear
+        out = _composite(image, plan, radii, dev, discontinuity_px, psf)  # F x C x H x W linear
 
         if noise is not None:
             out = noise.apply(out, _torch_generator(rng, dev))
@@ -447,7 +454,7 @@ def _unpack(packed: torch.Tensor) -> torch.Tensor:
 
 
 def _composite(image: torch.Tensor, plan: LayerPlan, radii: np.ndarray, dev: torch.device,
-               discontinuity_px: float) -> torch.Tensor:
+               discontinuity_px: float, psf: str = 'disk') -> torch.Tensor:
     """Blur every node and composite occlusion layers far to near: F x C x H x W linear.
 
     The blur of a real image by a real, even PSF is real, so two real planes travel in
@@ -458,7 +465,8 @@ def _composite(image: torch.Tensor, plan: LayerPlan, radii: np.ndarray, dev: tor
     F = radii.shape[0]
     planes_n = C + 1 + (C + 1) % 2                             # colour + coverage, padded to even
     P = planes_n // 2
-    pad = int(math.ceil(radii.max())) + 1
+    # a Gaussian spot reaches 1.5 radii (3 std) where a disk stops at 1
+    pad = int(math.ceil(radii.max() * (1.5 if psf == 'gaussian' else 1.0))) + 1
     Hp = _fft_size(H + 2 * pad)
     Wp = _fft_size(W + 2 * pad)
     rows = torch.as_tensor(_mirror_index(H, pad, Hp - H - pad), device=dev)
@@ -466,7 +474,7 @@ def _composite(image: torch.Tensor, plan: LayerPlan, radii: np.ndarray, dev: tor
     canvas = image[:, rows][:, :, cols]                       # C x Hp x Wp
     layer = plan.layer[rows][:, cols]                          # Hp x Wp
     pos = plan.pos[rows][:, cols]
-    table = _spectrum_table((Hp, Wp), dev)
+    table = _spectrum_table((Hp, Wp), dev, psf)
     row_of, t_of = table.locate(radii)                          # F x n_layers x (m+1)
     psf_buf = torch.empty((Hp, Wp, 2), dtype=torch.float32, device=dev)
     fill_kernel = _gaussian_spectrum((Hp, Wp), max(1.0, 0.5 * float(radii.max())), dev)

@@ -122,6 +122,22 @@ def test_extra_training_parts_change_only_their_fields_and_get_their_own_seed(tm
 
 
 
+def test_sweeps_can_end_inside_the_scene_and_val_parts_are_listed():
+    from training.stack_data import StackDataConfig, draw_camera, validation_parts
+
+    depth = np.linspace(1.0, 4.0, 64 * 64).reshape(64, 64)
+    default, inner = StackDataConfig(family='dfv', frames=5), \
+        StackDataConfig(family='dfv', frames=5, sweep_percentiles=((10, 20), (80, 90)))
+    for seed in range(5):
+        a = draw_camera(default, depth, np.random.default_rng(seed))['focus_m']
+        b = draw_camera(inner, depth, np.random.default_rng(seed))['focus_m']
+        outside = np.mean((depth < b.min()) | (depth > b.max()))
+        assert 0.2 <= outside <= 0.4 + 1e-6, outside
+        assert np.mean((depth < a.min()) | (depth > a.max())) <= 0.1 + 1e-6
+    data = {'cache': 'a', 'extra_train': [{'cache': 'b'}, {'cache': 'c', 'val': True}]}
+    assert validation_parts(data) == [0, 2]
+
+
 def test_aperture_pairs_focus_where_the_config_says():
     from training.stack_data import StackDataConfig, draw_camera
 

@@ -57,3 +57,28 @@ def test_spectra_match_skimage_ir2tf():
 def test_kernel_larger_than_image_is_rejected():
     with pytest.raises(ValueError):
         kernels_to_spectra(torch.ones(9, 9), (8, 8))
+
+
+@pytest.mark.parametrize('r', [0.0, 0.3, 1.2, 3.0, 7.5])
+def test_gaussian_psf_has_the_disks_second_moment(r):
+    from ddfs_ros.psf import gaussian_psfs
+
+    g = gaussian_psfs([r])[0]
+    assert g.sum() == pytest.approx(1.0, abs=1e-12)
+    assert np.allclose(g, g[::-1, :]) and np.allclose(g, g.T)
+    if r < 0.5:
+        c = g.shape[0] // 2
+        assert g[c, c] == 1.0
+        return
+    d = disk_psf(r)
+    for k in (g, d):
+        assert k.shape[0] % 2 == 1
+    def var(k):
+        R = k.shape[0] // 2
+        x = np.arange(-R, R + 1, dtype=np.float64)
+        return float((k * x[None, :] ** 2).sum())
+    # std r / 2 (the disk's own second moment r^2 / 4), up to pixel integration (+1/12)
+    assert var(g) == pytest.approx(r ** 2 / 4 + 1 / 12, rel=0.03)
+    assert var(g) == pytest.approx(var(d), rel=0.12)
+    # a different shape: the Gaussian is peakier and has tails beyond the disk's rim
+    assert g.max() > d.max() and g[g.shape[0] // 2, 0] > 0

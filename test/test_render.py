@@ -70,6 +70,24 @@ def test_uniform_depth_equals_disk_convolution(radius):
     np.testing.assert_allclose(out, expected, atol=2e-3)
 
 
+def test_gaussian_spot_equals_gaussian_convolution_and_unknown_shapes_are_rejected():
+    from ddfs_ros.psf import gaussian_psfs
+
+    size, focus, radius = 64, 1.0, 2.3
+    slope = LENS.focal_length_m ** 2 * focus / (LENS.f_number * (focus - LENS.focal_length_m) * LENS.pixel_pitch_m)
+    depth = np.full((size, size), 1.0 / (1.0 / focus + 2 * radius / slope), np.float32)
+    rgb = named_texture('astronaut', size)
+    out = render_focal_stack(rgb, depth, [focus], LENS, psf='gaussian')[0]
+    disk = render_focal_stack(rgb, depth, [focus], LENS)[0]
+    lin = to_linear(rgb)
+    kernel = gaussian_psfs([radius])[0]
+    expected = to_srgb(np.stack([ndimage.convolve(lin[..., c], kernel, mode='reflect') for c in range(3)], -1))
+    np.testing.assert_allclose(out, expected, atol=2e-3)
+    assert np.abs(out - disk).mean() > 2e-3            # another shape, not the disk again
+    with pytest.raises(ValueError, match='psf'):
+        render_focal_stack(rgb, depth, [focus], LENS, psf='airy')
+
+
 def test_psf_table_interpolates_disk_spectra():
     from ddfs_ros.psf import kernels_to_spectra
     from ddfs_ros.render import _spectrum_table

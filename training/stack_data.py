@@ -80,6 +80,15 @@ class StackDataConfig:
     # of the scene's dioptre range from its far end (t = 1: the nearest depth), the usual
     # depth-from-defocus setup that puts most of the scene on one side of the focus plane.
     aperture_pair_focus: Optional[tuple] = None
+    # Where the sweep ends sit in the scene: None = around the 5th / 95th depth percentiles,
+    # widened (most of the scene inside the sweep); ((a, b), (c, d)) = the nearest focus at
+    # the depth percentile U(a, b), the farthest at U(c, d), so up to b % / (100 - c) % of
+    # the scene lies in front of / behind the sweep, as when a camera sweeps a working
+    # range and the background (or the floor at its feet) lies outside it.
+    sweep_percentiles: Optional[tuple] = None
+    # Share of stacks drawn with a Gaussian blur spot (:func:`ddfs_ros.psf.gaussian_psfs`,
+    # same second moment) instead of the thin-lens disk: real lenses are neither.
+    psf_gaussian_prob: float = 0.0
     noise_prob: float = 0.85
     full_well: tuple = (300.0, 20000.0)  # photo-electrons at full scale (log-uniform)
     read_noise: tuple = (0.5, 5.0)       # electrons rms
@@ -182,9 +191,14 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 def draw_camera(cfg: StackDataConfig, depth: np.ndarray, rng: np.random.Generator) -> dict:
     """Focus distances (frame order), per-frame f-numbers, lens and schedule name."""
     F = int(cfg.frames) if np.isscalar(cfg.frames) else int(rng.integers(cfg.frames[0], cfg.frames[1] + 1))
-    lo, hi = np.percentile(depth, [5, 95])
-    near = float(lo) * rng.uniform(0.8, 1.1)
-    far = max(float(hi) * rng.uniform(0.9, 1.3), near * 1.15)
+    if cfg.sweep_percentiles is None:
+        lo, hi = np.percentile(depth, [5, 95])
+        near = float(lo) * rng.uniform(0.8, 1.1)
+        far = max(float(hi) * rng.uniform(0.9, 1.3), near * 1.15)
+    else:
+        (a, b), (c, e) = cfg.sweep_percentiles
+        near, far = (float(v) for v in np.percentile(depth, [rng.uniform(a, b), rng.uniform(c, e)]))
+        far = max(far, near * 1.15)
     kinds = sorted(cfg.schedules)
     w = np.array([cfg.schedules[k] for k in kinds], dtype=np.float64)
     kind = kinds[int(rng.choice(len(kinds), p=w / w.sum()))]
@@ -249,7 +263,9 @@ def make_sample(cfg: StackDataConfig, split: str, seed: int, index: int) -> dict
     noise = None
     if rng.random() < cfg.noise_prob:
         noise = SensorNoise(full_well=_log_uniform(rng, *cfg.full_well), read_noise=float(rng.uniform(*cfg.read_noise)))
-    frames = render_focal_stack(rgb, depth, focus, lens, f_numbers=fnums, noise=noise, quantize_bits=8, rng=rng)
+    psf = 'gaussian' if cfg.psf_gaussian_prob > 0 and rng.random() < cfg.psf_gaussian_prob else 'disk'
+    frames = render_focal_stack(rgb, depth, focus, lens, f_numbers=fnums, noise=noise, quantize_bits=8, rng=rng,
+                                psf=psf)
     chw = np.ascontiguousarray(np.moveaxis(np.asarray(frames, np.float32), -1, 1))     # F x 3 x S x S
     if cfg.family == 'dfv':
         order = np.argsort(focus, kind='stable')
@@ -259,7 +275,7 @@ def make_sample(cfg: StackDataConfig, split: str, seed: int, index: int) -> dict
            'lens': np.array([lens.focal_length_m, lens.pixel_pitch_m], np.float64),
            'gt': depth.astype(np.float32), 'ref': reference_index(focus, fnums, 'farthest'),
            'meta': {'source': src, 'schedule': cam['schedule'], 'F': int(len(focus)),
-                    'max_blur_px': cam['max_blur_px']}}
+                    'max_blur_px': cam['max_blur_px'], 'psf': psf}}
     if cfg.family != 'dfv':
         hyps = hypotheses_from_focus_span(focus, cfg.num_hypotheses)
         cost = _cost_volume(cfg.max_coc_px)(chw, focus, fnums, lens.focal_length_m, lens.pixel_pitch_m, hyps)
@@ -391,7 +407,8 @@ def data_parts(data: dict) -> list[tuple[StackDataConfig, Path, int]]:
     Part 0 is the section itself; ``extra_train`` entries are more training shards drawn
     with some fields changed (their own ``cache`` folder, seed = base seed + part
     index unless given), so that a later session can widen the draws without
-    re-rendering or discarding what exists.  Validation always comes from part 0.
+    re-rendering or discarding what exists.  Validation comes from part 0 and from every
+    part marked ``val: true`` (see :func:`validation_parts`).
     """
     base = {k: v for k, v in data.items() if k != 'extra_train'}
     seed = int(base.get('seed', 0))
@@ -400,6 +417,11 @@ def data_parts(data: dict) -> list[tuple[StackDataConfig, Path, int]]:
         merged = {**base, **extra}
         parts.append((StackDataConfig.from_dict(merged), Path(extra['cache']), int(extra.get('seed', seed + i))))
     return parts
+
+
+def validation_parts(data: dict) -> list[int]:
+    """Indices of the parts whose ``val`` split is rendered and validated on: 0 and those marked ``val: true``."""
+    return [0] + [i for i, extra in enumerate(data.get('extra_train') or [], start=1) if extra.get('val')]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -415,8 +437,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     a = ap.parse_args(argv)
     conf = yaml.safe_load(Path(a.config).read_text())
     cfg, folder, seed = data_parts(conf['data'])[a.part]
-    if a.part and a.split != 'train':
-        ap.error('extra_train parts hold training shards only')
+    if a.split != 'train' and a.part not in validation_parts(conf['data']):
+        ap.error('this extra_train part holds training shards only (mark it val: true to validate on it)')
     lo, hi = (int(x) for x in a.shards.split(':'))
     jobs = list(range(lo, hi))
     # load the scenes once, before the workers fork

@@ -34,7 +34,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from .models.focusnets import CostFocusUNet, FocusStackNet
-from .stack_data import ShardDataset, data_parts
+from .stack_data import ShardDataset, data_parts, validation_parts
 
 
 def build(family: str, model_kwargs: dict) -> torch.nn.Module:
@@ -97,6 +97,18 @@ def validate(model: torch.nn.Module, family: str, data: ShardDataset, batch: int
     return {'abs_rel': float(np.mean(absrel)), 'delta1': float(np.mean(d1)), 'count': len(absrel)}
 
 
+def validate_all(model: torch.nn.Module, family: str, vals: Sequence[ShardDataset]) -> list[dict]:
+    """:func:`validate` on each validation set."""
+    return [validate(model, family, v) for v in vals]
+
+
+def pooled(results: Sequence[dict]) -> dict:
+    """Stack-weighted mean of several :func:`validate` results (the checkpoint selection metric)."""
+    n = sum(r['count'] for r in results)
+    return {'abs_rel': sum(r['abs_rel'] * r['count'] for r in results) / n,
+            'delta1': sum(r['delta1'] * r['count'] for r in results) / n, 'count': n}
+
+
 def focus_measure_on(data: ShardDataset) -> dict:
     """The classical baseline on the same validation stacks: AbsRel and delta1 (%)."""
     from ddfs_ros.baselines import focus_measure_depth
@@ -135,16 +147,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     model = build(family, conf['model'].get('kwargs', {}))
     opt = torch.optim.AdamW(model.parameters(), lr=float(t['lr']), weight_decay=float(t.get('weight_decay', 1e-4)))
-    samples, best, wall0 = 0, float('inf'), 0.0
+    samples, best, wall0, selected_on = 0, float('inf'), 0.0, None
     if a.resume and (out / 'last.pt').exists():
         ck = torch.load(out / 'last.pt', map_location='cpu', weights_only=False)
         model.load_state_dict(ck['model'])
         opt.load_state_dict(ck['opt'])
         samples, best, wall0 = ck['samples'], ck.get('best', best), ck.get('wall_s', 0.0)
+        selected_on = ck.get('selected_on')
     elif a.resume and weights.exists():
         ck = torch.load(weights, map_location='cpu', weights_only=False)
         model.load_state_dict(ck['model'])
         samples, best, wall0 = ck['samples'], ck.get('best', best), ck.get('wall_s', 0.0)
+        selected_on = ck.get('selected_on')
     log = open(out / 'log.txt', 'a')
 
     def say(msg: str) -> None:
@@ -154,18 +168,39 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         log.flush()
 
     parts = data_parts(conf['data'])
-    cache, train_folders = parts[0][1], [p[1] for p in parts]
+    train_folders = [p[1] for p in parts]
     amp = (a.amp or t.get('amp', 'fp32')) == 'bf16'
-    val = ShardDataset(cache, 'val', family)
+    # Validation: part 0's split (the curve, comparable across sessions) and the split of
+    # every part marked ``val: true``; checkpoints are chosen on all of them pooled.
+    val_folders = [parts[i][1] for i in validation_parts(conf['data'])]
+    vals = [ShardDataset(f, 'val', family) for f in val_folders]
+    selection = [f.name for f in val_folders]
     fm_path = out / 'focus_measure_val.json'
     if not fm_path.exists():
-        fm_path.write_text(json.dumps(focus_measure_on(val)))
-    say(f'{name}: {sum(p.numel() for p in model.parameters())} parameters, {len(val)} validation stacks, '
-        f'focus measure on them {json.loads(fm_path.read_text())}, resuming at {samples} samples, '
+        fm_path.write_text(json.dumps(focus_measure_on(vals[0])))
+    fm_sel_path = out / 'focus_measure_selection.json'
+    fm_sel = json.loads(fm_sel_path.read_text()) if fm_sel_path.exists() else {}
+    for f, v in zip(val_folders[1:], vals[1:]):
+        if f.name not in fm_sel:
+            fm_sel[f.name] = focus_measure_on(v)
+    fm_sel_path.write_text(json.dumps(fm_sel))
+    if selected_on != selection and (out / 'best.pt').exists():
+        # the validation set changed: the best so far must be measured on the new one
+        ref = build(family, conf['model'].get('kwargs', {}))
+        ref.load_state_dict(torch.load(out / 'best.pt', map_location='cpu', weights_only=False)['model'])
+        best = pooled(validate_all(ref, family, vals))['abs_rel']
+        say(f'validation now on {selection}: the previous best.pt scores {best:.4f} there')
+    say(f'{name}: {sum(p.numel() for p in model.parameters())} parameters, '
+        f'{" + ".join(str(len(v)) for v in vals)} validation stacks ({", ".join(selection)}), '
+        f'focus measure on them {json.loads(fm_path.read_text())} {fm_sel}, resuming at {samples} samples, '
         f'{"bf16 autocast" if amp else "fp32"}, training shards in {", ".join(map(str, train_folders))}')
     curve = out / 'curve.csv'
+    columns = 'samples,val_abs_rel,val_delta1,train_loss,wall_s,lr,selection_abs_rel'
     if not curve.exists():
-        curve.write_text('samples,val_abs_rel,val_delta1,train_loss,wall_s,lr\n')
+        curve.write_text(columns + '\n')
+    elif curve.read_text().splitlines()[0] != columns:
+        rows = curve.read_text().splitlines()
+        curve.write_text('\n'.join([columns] + [r + ',' for r in rows[1:]]) + '\n')
 
     batch, crop = int(t['batch']), int(t['crop'])
     target, warmup = int(t['samples_target']), int(t.get('warmup', 4000))
@@ -200,25 +235,27 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             samples += batch
             if samples >= next_val:
                 next_val += val_every
-                v = validate(model, family, val)
+                each = validate_all(model, family, vals)
+                v, sel = each[0], pooled(each)
                 wall = wall0 + time.time() - t_start
                 tl = float(np.mean(losses)) if losses else float('nan')
                 losses = []
                 with open(curve, 'a') as fh:
                     csv.writer(fh).writerow([samples, f'{v["abs_rel"]:.5f}', f'{v["delta1"]:.3f}', f'{tl:.5f}',
-                                             f'{wall:.0f}', f'{lr:.2e}'])
-                improved = v['abs_rel'] < best
+                                             f'{wall:.0f}', f'{lr:.2e}', f'{sel["abs_rel"]:.5f}'])
+                improved = sel['abs_rel'] < best
                 if improved:
-                    best = v['abs_rel']
-                    torch.save({'model': model.state_dict(), 'samples': samples, 'val': v, 'family': family,
-                                'config': conf}, out / 'best.pt')
+                    best = sel['abs_rel']
+                    torch.save({'model': model.state_dict(), 'samples': samples, 'val': v, 'selection': sel,
+                                'selected_on': selection, 'family': family, 'config': conf}, out / 'best.pt')
                 state = {'model': model.state_dict(), 'opt': opt.state_dict(), 'samples': samples, 'best': best,
-                         'wall_s': wall, 'family': family, 'config': conf}
+                         'selected_on': selection, 'wall_s': wall, 'family': family, 'config': conf}
                 torch.save(state, out / 'last.pt')
                 weights.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({'model': model.state_dict(), 'samples': samples, 'best': best, 'wall_s': wall,
-                            'family': family}, weights)
-                say(f'{samples} samples: train loss {tl:.4f}, val AbsRel {v["abs_rel"]:.4f} d1 {v["delta1"]:.1f} % '
+                torch.save({'model': model.state_dict(), 'samples': samples, 'best': best, 'selected_on': selection,
+                            'wall_s': wall, 'family': family}, weights)
+                say(f'{samples} samples: train loss {tl:.4f}, val AbsRel {v["abs_rel"]:.4f} d1 {v["delta1"]:.1f} %, '
+                    f'selection AbsRel {sel["abs_rel"]:.4f} ({" / ".join("%.4f" % e["abs_rel"] for e in each)}) '
                     f'{"(best)" if improved else ""} lr {lr:.2e}, {wall:.0f} s')
                 if stop_at and time.time() > stop_at:
                     say('time limit reached')
