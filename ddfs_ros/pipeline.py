@@ -352,7 +352,8 @@ class DepthPipeline:
                       'depths': torch.as_tensor(hyp, dtype=torch.float32, device=device)[None]}
             if 'focus_volume' in m.inputs:
                 inputs['focus_volume'] = focus_volume(frames, stack.focus_m, stack.per_frame_f_numbers(),
-                                                      lens.focal_length_m, lens.pixel_pitch_m, hyp)[None]
+                                                      lens.focal_length_m, lens.pixel_pitch_m, hyp,
+                                                      modes=m.focus_volume_modes)[None]
             lo, hi = float(hyp.min()), float(hyp.max())
         else:
             hyp = stack.focus_m.copy()

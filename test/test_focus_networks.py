@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ddfs_ros import data_splits
-from ddfs_ros.focus_volume import focus_volume, predicted_sharpness
+from ddfs_ros.focus_volume import focus_curve_weights, focus_volume, predicted_sharpness
 from ddfs_ros.optics import LensModel, hypotheses_from_focus_span
 from ddfs_ros.render import render_focal_stack
 from ddfs_ros.scenes import fronto_parallel_plane
@@ -62,6 +62,68 @@ def test_focus_volume_peaks_at_the_depth_of_a_textured_plane():
         assert v.shape == (24, 64, 64)
         best = hyps[int(torch.median(v[:, 8:-8, 8:-8].argmax(dim=0)))]
         assert abs(1 / best - 1 / depth) < 0.35 * (1 / focus.min() - 1 / focus.max()) / 5, (depth, best)
+
+
+def test_focus_curve_peaks_where_the_focus_measure_parabola_does():
+    from ddfs_ros.baselines import focus_measure_depth
+
+    lens = LensModel(0.025, 2.0, 8e-6)
+    focus = 1.0 / np.linspace(1 / 2.2, 1 / 4.7, 5)        # blur <= ~7 px (below 1 px the renderer's disk is a delta)
+    hyps = hypotheses_from_focus_span(focus, 64)
+    for depth in (2.5, 3.3):
+        scene = fronto_parallel_plane(64, depth, 'astronaut')
+        frames = render_focal_stack(scene.rgb, scene.depth_m, focus, lens)
+        chw = np.moveaxis(np.asarray(frames, np.float32), -1, 1)
+        both = focus_volume(chw, focus, 2.0, lens.focal_length_m, lens.pixel_pitch_m, hyps,
+                            modes=('thin_lens', 'focus_curve'))
+        assert both.shape == (128, 64, 64)
+        np.testing.assert_array_equal(both[:64].numpy(), focus_volume(chw, focus, 2.0, lens.focal_length_m,
+                                                                      lens.pixel_pitch_m, hyps).numpy())
+        curve = both[64:, 8:-8, 8:-8]
+        best = float(np.median(hyps[curve.argmax(dim=0).numpy()]))
+        fm, _ = focus_measure_depth(frames, focus)
+        ref = float(np.median(fm[8:-8, 8:-8]))
+        spacing = (1 / focus.min() - 1 / focus.max()) / 4
+        assert abs(1 / best - 1 / depth) < 0.25 * spacing, (depth, best)
+        assert abs(1 / best - 1 / ref) < 0.2 * spacing, (best, ref)
+
+
+def test_focus_curve_weights_interpolate_in_dioptres_and_are_scale_free():
+    focus = np.array([3.0, 1.0, 2.0])                     # any frame order
+    hyps = np.array([0.8, 1.0, 1.2, 2.0, 2.5, 4.0])
+    W = focus_curve_weights(focus, hyps)
+    inside = (1 / hyps >= 1 / 3.0) & (1 / hyps <= 1.0)
+    np.testing.assert_allclose(W[inside].sum(axis=1), 1.0)           # Lagrange weights sum to 1
+    u = 1 / focus
+    np.testing.assert_allclose(W[inside] @ u, 1 / hyps[inside])      # and reproduce a linear curve
+    np.testing.assert_allclose(W[hyps == 2.0][0], [0, 0, 1], atol=1e-12)
+    assert W[0, 1] == pytest.approx(1 - 0.5 * (1 / 0.8 - 1) / (1 - 1 / 3)) and W[0, [0, 2]].sum() == 0
+    np.testing.assert_allclose(focus_curve_weights(3 * focus, 3 * hyps), W, atol=1e-9)   # only dioptre ratios enter
+    # an aperture pair has no focus curve; frames sharing a focus distance are summed
+    assert not focus_curve_weights([1.7, 1.7], [1.0, 1.7, 3.0]).any()
+    Wd = focus_curve_weights([1.0, 2.0, 2.0], [1.0, 2.0])
+    np.testing.assert_allclose(Wd, [[1, 0, 0], [0, 1, 1]], atol=1e-12)
+    with pytest.raises(ValueError, match='modes'):
+        focus_volume(np.zeros((2, 3, 8, 8), np.float32), [1.0, 2.0], 2.0, 0.01, 1e-5, hyps, modes=('sharpest',))
+
+
+def test_a_grown_network_starts_as_the_old_one():
+    from training.train_focus import build, load_grown
+
+    kw = {'num_hypotheses': 8, 'widths': (8, 8, 8, 8)}
+    torch.manual_seed(0)
+    old = build('ddfs', kw).eval()
+    new = build('ddfs', {**kw, 'focus_curve': True}).eval()
+    assert new.focus_volume_modes == ('thin_lens', 'focus_curve')
+    assert load_grown(new, old.state_dict()) and not load_grown(build('ddfs', kw), old.state_dict())
+    img, cv, fv = torch.rand(2, 3, 16, 16), torch.rand(2, 8, 16, 16), torch.rand(2, 8, 16, 16)
+    d = torch.as_tensor(hypotheses_from_focus_span([0.5, 2.0], 8), dtype=torch.float32)[None].repeat(2, 1)
+    with torch.no_grad():
+        a = old(img, cv, d, fv)[0]
+        b = new(img, cv, d, torch.cat([fv, torch.rand(2, 8, 16, 16)], 1))[0]
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match='cannot grow'):
+        load_grown(old, new.state_dict())
 
 
 def test_predicted_sharpness_prefers_the_smaller_aperture_away_from_focus():
@@ -180,18 +242,20 @@ def test_shards_of_several_folders_make_one_dataset_and_a_bf16_step_learns(tmp_p
 
 @pytest.mark.slow
 @needs_textures
-@pytest.mark.parametrize('family', ['ddfs', 'dfv'])
+@pytest.mark.parametrize('family', ['ddfs', 'dfv', 'ddfs_curve'])
 def test_export_is_dynamic_in_height_and_width_and_matches_eager(tmp_path, family):
     from ddfs_ros.engines.manifest import load_manifest
     from training.export_focus import export_checkpoint
     from training.stack_data import StackDataConfig, write_shard
     from training.train_focus import build
 
+    curve = family == 'ddfs_curve'
+    family = 'ddfs' if curve else family
     cfg = StackDataConfig(family=family, size=32, frames=(2, 4) if family == 'ddfs' else 3, num_hypotheses=8,
                           sources={'procedural': 1.0})
     write_shard(cfg, 'val', 0, 0, tmp_path / 'cache', shard_size=3)
-    kwargs = ({'num_hypotheses': 8, 'widths': [8, 8, 8, 8]} if family == 'ddfs'
-              else {'num_frames': 3, 'widths': [8, 8, 8, 8], 'feat': 4, 'agg': 4})
+    kwargs = ({'num_hypotheses': 8, 'widths': [8, 8, 8, 8], **({'focus_curve': True} if curve else {})}
+              if family == 'ddfs' else {'num_frames': 3, 'widths': [8, 8, 8, 8], 'feat': 4, 'agg': 4})
     model = build(family, kwargs)
     conf = {'name': 'tiny', 'model': {'family': family, 'arch': 'x', 'kwargs': kwargs},
             'data': {'cache': str(tmp_path / 'cache'), 'size': 32}}
@@ -204,6 +268,10 @@ def test_export_is_dynamic_in_height_and_width_and_matches_eager(tmp_path, famil
     assert set(m['onnx_vs_torch_max_abs_diff_m']) == {'64x64', '96x128', '480x640'}
     loaded = load_manifest(man)
     assert loaded.dynamic_size and (family != 'ddfs' or 'focus_volume' in loaded.inputs)
+    if family == 'ddfs':
+        modes = ['thin_lens', 'focus_curve'] if curve else ['thin_lens']
+        assert m['focus_volume_modes'] == modes and list(loaded.focus_volume_modes) == modes
+        assert loaded.inputs['focus_volume'][1] == 8 * len(modes)
     # the node's pipeline feeds it (focus volume included) on a non-square stack, both backends
     from ddfs_ros.engines import load_engine
     from ddfs_ros.pipeline import DepthPipeline

@@ -43,15 +43,16 @@ from .train_focus import build
 CHECK_SIZES = ((64, 64), (96, 128), (480, 640))
 
 
-def example_inputs(family: str, num: int, H: int, W: int, seed: int = 0) -> dict:
-    """Plausible random inputs: ``num`` = D (cost-volume family) or F (DFV)."""
+def example_inputs(family: str, num: int, H: int, W: int, seed: int = 0, fv_blocks: int = 1) -> dict:
+    """Plausible random inputs: ``num`` = D (cost-volume family) or F (DFV); ``fv_blocks``
+    D-blocks in the focus volume (one per focus-volume mode)."""
     g = torch.Generator().manual_seed(seed)
     if family == 'dfv':
         focus = torch.as_tensor(1.0 / np.linspace(1 / 0.5, 1 / 2.0, num), dtype=torch.float32)[None]
         return {'stack': torch.rand(1, num, 3, H, W, generator=g), 'focus': focus}
     d = torch.as_tensor(hypotheses_from_focus_span([0.5, 2.0], num), dtype=torch.float32)[None]
     return {'image': torch.rand(1, 3, H, W, generator=g), 'cost_volume': torch.rand(1, num, H, W, generator=g),
-            'depths': d, 'focus_volume': torch.rand(1, num, H, W, generator=g)}
+            'depths': d, 'focus_volume': torch.rand(1, fv_blocks * num, H, W, generator=g)}
 
 
 def spatial_axes(inputs: dict) -> dict:
@@ -69,13 +70,13 @@ def spatial_dims(inputs: dict) -> list:
             for v in inputs.values()]
 
 
-def max_abs_diff(path: Path, model: torch.nn.Module, family: str, num: int) -> dict:
+def max_abs_diff(path: Path, model: torch.nn.Module, family: str, num: int, fv_blocks: int = 1) -> dict:
     """|onnxruntime - torch eager| (m) at each of :data:`CHECK_SIZES`."""
     import onnxruntime as ort
     sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     out = {}
     for H, W in CHECK_SIZES:
-        x = example_inputs(family, num, H, W, seed=1)
+        x = example_inputs(family, num, H, W, seed=1, fv_blocks=fv_blocks)
         got = sess.run(['depth', 'uncertainty'], {k: v.numpy() for k, v in x.items()})
         with torch.no_grad():
             ref = _Eval(model)(*x.values())
@@ -99,11 +100,12 @@ def export_checkpoint(ckpt_path: Path | str, onnx_path: Path | str, torch_progra
     d = conf['data']
     size = int(d.get('size', 96))
     num = int(kwargs.get('num_hypotheses', 32)) if family == 'ddfs' else int(kwargs.get('num_frames', 5))
-    inputs = example_inputs(family, num, size, size)
+    modes = list(getattr(model, 'focus_volume_modes', ('thin_lens',)))
+    inputs = example_inputs(family, num, size, size, fv_blocks=len(modes))
     export_onnx(model, inputs, onnx_path, dynamic_axes=spatial_axes(inputs))
     prog = (export_torch_program(model, inputs, onnx_path.with_suffix('.pt2'), dynamic_shapes=spatial_dims(inputs))
             if torch_program else None)
-    diffs = max_abs_diff(onnx_path, model, family, num)
+    diffs = max_abs_diff(onnx_path, model, family, num, fv_blocks=len(modes))
     shapes = {k: list(v.shape) for k, v in inputs.items()}
     # the focus range the network saw, for the node's from_focus rule and for users
     val_focus = _val_focus_range(Path(d['cache']))
@@ -130,6 +132,7 @@ def export_checkpoint(ckpt_path: Path | str, onnx_path: Path | str, torch_progra
         'train_focus_range': list(val_focus),
         'reference_frame': 'farthest',
         'max_coc_px': float(d.get('max_coc_px', 24.0)) if family == 'ddfs' else None,
+        **({'focus_volume_modes': modes} if family == 'ddfs' else {}),
         'batch': 1,
         'params': int(sum(p.numel() for p in model.parameters())),
         'normalisation': 'RGB in [0, 1], ImageNet mean/std applied inside the graph; cost volume as '
@@ -170,7 +173,7 @@ def validation_uncertainty(model: torch.nn.Module, family: str, cache: Path,
     """
     from .stack_data import ShardDataset
     from .train_focus import forward
-    data = ShardDataset(cache, 'val', family)
+    data = ShardDataset(cache, 'val', family, focus_modes=getattr(model, 'focus_volume_modes', ('thin_lens',)))
     model.eval()
     err, rel_unc, inside = [], [], []
     for i in range(len(data)):

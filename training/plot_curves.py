@@ -7,7 +7,9 @@ focus measure scored on the same validation stacks (``focus_measure_val.json``),
 copies both to ``training/curves/`` (committed, so the curve survives the session) and
 draws one line per run with the focus measure as a dashed horizontal line of the same
 colour (each family has its own validation split: the cost-volume family's includes
-other F and aperture pairs).  Prints a Markdown table of the curve.
+other F and aperture pairs).  Where a run also validated on the split of extra parts
+(``val: true``, since session 4), the pooled selection AbsRel is drawn dotted.  Prints a
+Markdown table of the curve.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ CURVES = Path('training/curves')
 def load(run: str) -> tuple[list[dict], Optional[dict]]:
     src = Path('checkpoints') / run
     CURVES.mkdir(parents=True, exist_ok=True)
-    for name, dst in (('curve.csv', f'{run}.csv'), ('focus_measure_val.json', f'{run}_focus_measure_val.json')):
+    for name, dst in (('curve.csv', f'{run}.csv'), ('focus_measure_val.json', f'{run}_focus_measure_val.json'),
+                      ('focus_measure_selection.json', f'{run}_focus_measure_selection.json')):
         if (src / name).exists():
             shutil.copyfile(src / name, CURVES / dst)
     path = CURVES / f'{run}.csv'
@@ -44,8 +47,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--out', default='training/learning_curves.png')
     a = ap.parse_args(argv)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    table = ['| run | samples seen | val AbsRel | val δ1 % | focus measure (same stacks) AbsRel / δ1 % |',
-             '|---|---|---|---|---|']
+    table = ['| run | samples seen | val AbsRel | val δ1 % | focus measure (same stacks) AbsRel / δ1 % '
+             '| selection AbsRel (all val splits) |',
+             '|---|---|---|---|---|---|']
     for i, run in enumerate(a.runs):
         rows, fm = load(run)
         if not rows:
@@ -54,13 +58,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         x = [int(r['samples']) for r in rows]
         y = [float(r['val_abs_rel']) for r in rows]
         ax.plot(x, y, '-o', ms=3, color=color, label=f'{run} (validation)')
+        sel = [(int(r['samples']), float(r['selection_abs_rel'])) for r in rows if r.get('selection_abs_rel')]
+        if sel:
+            ax.plot(*zip(*sel), ':', marker='.', color=color, label=f'{run} (selection: + extra val splits)')
         if fm:
             ax.axhline(fm['abs_rel'], color=color, ls='--', lw=1, label=f'focus measure on {run} validation')
         picks = sorted(set(range(0, len(rows), max(1, len(rows) // 8))) | {len(rows) - 1})
         for r in (rows[i] for i in picks):
             table.append(f'| {run} | {int(r["samples"]):,} | {float(r["val_abs_rel"]):.4f} | '
                          f'{float(r["val_delta1"]):.1f} | '
-                         + (f'{fm["abs_rel"]:.4f} / {fm["delta1"]:.1f}' if fm else 'n/a') + ' |')
+                         + (f'{fm["abs_rel"]:.4f} / {fm["delta1"]:.1f}' if fm else 'n/a') + ' | '
+                         + (f'{float(r["selection_abs_rel"]):.4f}' if r.get('selection_abs_rel') else '') + ' |')
     ax.set_xlabel('training samples seen')
     ax.set_ylabel('validation AbsRel')
     ax.set_ylim(bottom=0)

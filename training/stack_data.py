@@ -328,12 +328,14 @@ class ShardDataset(Dataset):
 
     Items: cost-volume family ``image`` 3 x h x w, ``cost_volume`` D x h x w,
     ``focus_volume`` D x h x w, ``depths`` D; DFV ``stack`` F x 3 x h x w, ``focus`` F;
-    both ``gt`` h x w (m).
+    both ``gt`` h x w (m).  ``focus_modes``: the focus-volume blocks the network takes
+    (its ``focus_volume_modes``), so ``focus_volume`` is (blocks * D) x h x w.
     """
 
     def __init__(self, folder: Path | str | Sequence[Path | str], split: str, family: str,
-                 crop: Optional[int] = None, seed: int = 0, max_shards: Optional[int] = None) -> None:
-        self.family, self.crop = family, crop
+                 crop: Optional[int] = None, seed: int = 0, max_shards: Optional[int] = None,
+                 focus_modes: Sequence[str] = ('thin_lens',)) -> None:
+        self.family, self.crop, self.focus_modes = family, crop, tuple(focus_modes)
         self.rng = np.random.default_rng(seed)
         folders = [folder] if isinstance(folder, (str, Path)) else list(folder)
         paths = [p for f in folders for p in sorted((Path(f) / split).glob('shard_[0-9][0-9][0-9][0-9].npz'))]
@@ -396,7 +398,7 @@ class ShardDataset(Dataset):
         depths = a['depths'][i].astype(np.float64)
         out['image'] = torch.from_numpy(frames[int(a['ref'][i])])
         out['cost_volume'] = torch.from_numpy(np.ascontiguousarray(cost, dtype=np.float32))
-        out['focus_volume'] = focus_volume(frames, focus, fnums, f, pitch, depths)
+        out['focus_volume'] = focus_volume(frames, focus, fnums, f, pitch, depths, modes=self.focus_modes)
         out['depths'] = torch.from_numpy(depths.astype(np.float32))
         return out
 

@@ -97,6 +97,25 @@ def validate(model: torch.nn.Module, family: str, data: ShardDataset, batch: int
     return {'abs_rel': float(np.mean(absrel)), 'delta1': float(np.mean(d1)), 'count': len(absrel)}
 
 
+def load_grown(model: torch.nn.Module, state: dict) -> bool:
+    """Load ``state``; a weight with fewer input channels than the model's (a network given
+    more inputs, e.g. ``focus_curve``) fills the leading channels and the new ones start
+    at zero, so the grown network computes exactly what the old one did.  True if grown."""
+    own = model.state_dict()
+    grown = False
+    for k, v in state.items():
+        if k in own and own[k].shape != v.shape:
+            if own[k].dim() != v.dim() or own[k].dim() < 2 or own[k].shape[0] != v.shape[0] \
+                    or own[k].shape[2:] != v.shape[2:] or own[k].shape[1] < v.shape[1]:
+                raise ValueError(f'checkpoint weight {k} {tuple(v.shape)} cannot grow into {tuple(own[k].shape)}')
+            w = torch.zeros_like(own[k])
+            w[:, :v.shape[1]] = v
+            state = {**state, k: w}
+            grown = True
+    model.load_state_dict(state)
+    return grown
+
+
 def validate_all(model: torch.nn.Module, family: str, vals: Sequence[ShardDataset]) -> list[dict]:
     """:func:`validate` on each validation set."""
     return [validate(model, family, v) for v in vals]
@@ -148,15 +167,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     model = build(family, conf['model'].get('kwargs', {}))
     opt = torch.optim.AdamW(model.parameters(), lr=float(t['lr']), weight_decay=float(t.get('weight_decay', 1e-4)))
     samples, best, wall0, selected_on = 0, float('inf'), 0.0, None
+    rewarm_from = None     # a fresh optimiser on trained weights ramps its rate up again
     if a.resume and (out / 'last.pt').exists():
         ck = torch.load(out / 'last.pt', map_location='cpu', weights_only=False)
-        model.load_state_dict(ck['model'])
-        opt.load_state_dict(ck['opt'])
+        if load_grown(model, ck['model']):
+            print('resumed into a model with more input channels: optimiser state restarted', flush=True)
+            rewarm_from = ck['samples']
+        else:
+            opt.load_state_dict(ck['opt'])
         samples, best, wall0 = ck['samples'], ck.get('best', best), ck.get('wall_s', 0.0)
         selected_on = ck.get('selected_on')
     elif a.resume and weights.exists():
         ck = torch.load(weights, map_location='cpu', weights_only=False)
-        model.load_state_dict(ck['model'])
+        load_grown(model, ck['model'])
         samples, best, wall0 = ck['samples'], ck.get('best', best), ck.get('wall_s', 0.0)
         selected_on = ck.get('selected_on')
     log = open(out / 'log.txt', 'a')
@@ -173,7 +196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # Validation: part 0's split (the curve, comparable across sessions) and the split of
     # every part marked ``val: true``; checkpoints are chosen on all of them pooled.
     val_folders = [parts[i][1] for i in validation_parts(conf['data'])]
-    vals = [ShardDataset(f, 'val', family) for f in val_folders]
+    modes = getattr(model, 'focus_volume_modes', ('thin_lens',))
+    vals = [ShardDataset(f, 'val', family, focus_modes=modes) for f in val_folders]
     selection = [f.name for f in val_folders]
     fm_path = out / 'focus_measure_val.json'
     if not fm_path.exists():
@@ -186,8 +210,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     fm_sel_path.write_text(json.dumps(fm_sel))
     if selected_on != selection and (out / 'best.pt').exists():
         # the validation set changed: the best so far must be measured on the new one
-        ref = build(family, conf['model'].get('kwargs', {}))
-        ref.load_state_dict(torch.load(out / 'best.pt', map_location='cpu', weights_only=False)['model'])
+        ref_ck = torch.load(out / 'best.pt', map_location='cpu', weights_only=False)
+        ref = build(family, ref_ck['config']['model'].get('kwargs', {}))
+        ref.load_state_dict(ref_ck['model'])
         best = pooled(validate_all(ref, family, vals))['abs_rel']
         say(f'validation now on {selection}: the previous best.pt scores {best:.4f} there')
     say(f'{name}: {sum(p.numel() for p in model.parameters())} parameters, '
@@ -214,12 +239,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         # re-read the shards every pass: a renderer may have added some (the previous pass's
         # arrays go first: both at once would not fit in memory)
         data = loader = None
-        data = ShardDataset(train_folders, 'train', family, crop=crop, seed=samples)
+        data = ShardDataset(train_folders, 'train', family, crop=crop, seed=samples, focus_modes=modes)
         loader = DataLoader(data, batch_size=batch, shuffle=True, num_workers=int(t.get('workers', 1)),
                             drop_last=True, persistent_workers=False)
         say(f'pass over {data.num_shards} shards ({len(data)} stacks)')
         for b in loader:
             lr = lr_at(samples, float(t['lr']), target, warmup)
+            if rewarm_from is not None and samples - rewarm_from < warmup:
+                lr *= 0.1 + 0.9 * (samples - rewarm_from) / warmup
             for g in opt.param_groups:
                 g['lr'] = lr
             # bf16 autocast: ~2x per step on CPUs with AMX / AVX512-BF16 (measured, training/README.md)

@@ -186,7 +186,7 @@ def validation_inputs(manifest: EngineManifest, count: int = VALIDATION_STACKS) 
             from ..focus_volume import focus_volume
             f, pitch = (float(v) for v in a['lens'][i])
             x['focus_volume'] = focus_volume(frames, focus, a['f_numbers'][i, :F].astype(np.float64), f, pitch,
-                                             depths)[None]
+                                             depths, modes=manifest.focus_volume_modes)[None]
         out.append(x)
     if not out:
         return [], f'no stack in {shard} matches the engine (F / D)'

@@ -90,6 +90,8 @@ class EngineManifest:
     train_processing_width: Optional[int] = None
     #: sha256 of the ``torch_program`` bytes; None = the program is never loaded.
     torch_program_sha256: Optional[str] = None
+    #: The D-blocks of the ``focus_volume`` input, in order (:data:`ddfs_ros.focus_volume.FOCUS_VOLUME_MODES`).
+    focus_volume_modes: tuple = ('thin_lens',)
 
     @property
     def height(self) -> int:
@@ -246,6 +248,13 @@ def load_manifest(path: str | Path, verify_sha256: bool = True) -> EngineManifes
             raise EngineError(f'engine {path.name}: inputs {inputs} contradict image_size {[H, W]} and D = {D}')
         if not raw.get('hypotheses') or not {'d_min', 'd_max'} <= set(raw['hypotheses']):
             raise EngineError(f'engine {path.name}: hypotheses {{d_min, d_max, spacing}} missing')
+    modes = tuple(raw.get('focus_volume_modes') or ('thin_lens',))
+    if 'focus_volume' in inputs:
+        from ..focus_volume import FOCUS_VOLUME_MODES
+        fv = inputs['focus_volume']
+        if not set(modes) <= set(FOCUS_VOLUME_MODES) or fv[2:] != [H, W] or fv[1] != len(modes) * int(D):
+            raise EngineError(f'engine {path.name}: focus_volume input {fv} does not hold the '
+                              f'{len(modes)} x D = {D} blocks of focus_volume_modes {list(modes)} at {[H, W]}')
     tp = raw.get('torch_program')
     tfr = raw.get('train_focus_range')
     manifest = EngineManifest(
@@ -259,7 +268,7 @@ def load_manifest(path: str | Path, verify_sha256: bool = True) -> EngineManifes
         torch_program_sha256=raw.get(TORCH_PROGRAM_SHA256) or None,
         dynamic_size=bool(raw.get('dynamic_size', False)),
         size_multiple=int(raw.get('size_multiple', 32)),
-        validated_size=_validated_size(raw.get('validated_size'), path),
+        validated_size=_validated_size(raw.get('validated_size'), path), focus_volume_modes=modes,
         train_processing_width=None if raw.get('train_processing_width') is None
         else int(raw['train_processing_width']))
     if manifest.size_multiple < 1:

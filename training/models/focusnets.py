@@ -112,15 +112,19 @@ class CostFocusUNet(nn.Module):
     """[reference RGB, cost volume, focus volume] -> softmax over D -> depth (family ``ddfs``).
 
     ``forward(image B x 3 x H x W in [0,1], cost_volume B x D x H x W, depths B x D (m),
-    focus_volume B x D x H x W)``.
+    focus_volume B x kD x H x W)``, k = 1 (thin-lens focus volume) or 2 with
+    ``focus_curve`` (and the focus curve, :func:`ddfs_ros.focus_volume.focus_volume`).
     """
 
     arch = 'unet_cv_fv'
 
-    def __init__(self, num_hypotheses: int = 32, widths: Sequence[int] = (32, 48, 64, 96)) -> None:
+    def __init__(self, num_hypotheses: int = 32, widths: Sequence[int] = (32, 48, 64, 96),
+                 focus_curve: bool = False) -> None:
         super().__init__()
         self.num_hypotheses = int(num_hypotheses)
-        self.net = UNet2D(3 + 2 * self.num_hypotheses, self.num_hypotheses, widths)
+        #: D-blocks of the focus_volume input (ddfs_ros.focus_volume.FOCUS_VOLUME_MODES)
+        self.focus_volume_modes = ('thin_lens', 'focus_curve') if focus_curve else ('thin_lens',)
+        self.net = UNet2D(3 + (1 + len(self.focus_volume_modes)) * self.num_hypotheses, self.num_hypotheses, widths)
 
     def forward(self, image: torch.Tensor, cost_volume: torch.Tensor, depths: torch.Tensor,
                 focus_volume: torch.Tensor):
