@@ -4,8 +4,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {'ddfs': 'ddfs_s', 'dfv': 'dfv_s'}
 
@@ -26,15 +24,8 @@ def bench_engines(families=('ddfs', 'dfv')) -> tuple[dict, str]:
 
 
 def example_inputs(manifest, seed: int = 0) -> dict:
-    """Deterministic inputs of the manifest's shapes: random images / cost volumes,
-    ascending hypotheses 0.1-3 m, focus distances 0.3-2 m."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, shape in manifest.inputs.items():
-        if name == 'depths':
-            out[name] = torch.linspace(0.1, 3.0, shape[1])[None]
-        elif name == 'focus':
-            out[name] = torch.linspace(0.3, 2.0, shape[1])[None]
-        else:
-            out[name] = torch.rand(*shape, generator=g)
-    return out
+    """Deterministic random inputs of the manifest's shapes at its ``image_size``
+    (:func:`ddfs_ros.engines.cpu_preference.timing_inputs`: images and volumes uniform in
+    [0, 1], the training hypotheses, focus distances over the training range)."""
+    from ddfs_ros.engines.cpu_preference import timing_inputs
+    return timing_inputs(manifest, manifest.image_size, seed=seed)
