@@ -48,7 +48,7 @@ from torch.utils.data import Dataset
 
 from ddfs_ros import data_splits
 from ddfs_ros.cost_volume import CostVolume
-from ddfs_ros.focus_volume import focus_volume
+from ddfs_ros.network_inputs import stack_inputs
 from ddfs_ros.optics import LensModel, coc_m, hypotheses_from_focus_span
 from ddfs_ros.stack import reference_index
 
@@ -386,20 +386,10 @@ class ShardDataset(Dataset):
             if flips[2]:
                 frames, gt = frames.swapaxes(-1, -2), gt.swapaxes(-1, -2)
                 cost = cost.swapaxes(-1, -2) if cost is not None else None
-        frames = np.ascontiguousarray(frames, dtype=np.float32) / 255.0
-        out = {'gt': torch.from_numpy(np.ascontiguousarray(gt, dtype=np.float32))}
-        focus = a['focus'][i, :F].astype(np.float64)
-        if self.family == 'dfv':
-            out['stack'] = torch.from_numpy(frames)
-            out['focus'] = torch.from_numpy(focus.astype(np.float32))
-            return out
-        fnums = a['f_numbers'][i, :F].astype(np.float64)
-        f, pitch = (float(v) for v in a['lens'][i])
-        depths = a['depths'][i].astype(np.float64)
-        out['image'] = torch.from_numpy(frames[int(a['ref'][i])])
-        out['cost_volume'] = torch.from_numpy(np.ascontiguousarray(cost, dtype=np.float32))
-        out['focus_volume'] = focus_volume(frames, focus, fnums, f, pitch, depths, modes=self.focus_modes)
-        out['depths'] = torch.from_numpy(depths.astype(np.float32))
+        out = stack_inputs(self.family, np.ascontiguousarray(frames, dtype=np.float32) / 255.0, a['focus'][i, :F],
+                           a['f_numbers'][i, :F], a['lens'][i], int(a['ref'][i]),
+                           a['depths'][i] if 'depths' in a else None, cost, self.focus_modes)
+        out['gt'] = torch.from_numpy(np.ascontiguousarray(gt, dtype=np.float32))
         return out
 
 

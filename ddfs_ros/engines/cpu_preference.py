@@ -150,9 +150,8 @@ def _validation_shard(manifest: EngineManifest) -> Optional[Path]:
 def validation_inputs(manifest: EngineManifest, count: int = VALIDATION_STACKS) -> tuple[list[dict], str]:
     """``(list of single-stack input dicts, description)`` from the validation shard; ``([], why)`` if none.
 
-    The inputs are built as training built them (``training/stack_data.ShardDataset``,
-    which the runtime package does not import): frames / 255, the stored cost volume,
-    the focus volume from :mod:`ddfs_ros.focus_volume`; DFV stacks sorted near to far.
+    The inputs are built as training builds them (:func:`ddfs_ros.network_inputs.stack_inputs`,
+    which ``training/stack_data.ShardDataset`` uses too).
     """
     shard = _validation_shard(manifest)
     if shard is None:
@@ -164,30 +163,20 @@ def validation_inputs(manifest: EngineManifest, count: int = VALIDATION_STACKS) 
         if not set(needed) <= set(z.files):
             return [], f'{shard} lacks {sorted(set(needed) - set(z.files))}'
         a = {k: z[k][:count] for k in needed}
+    from ..network_inputs import stack_inputs
     out = []
     for i in range(len(a['nframes'])):
         F = int(a['nframes'][i])
-        frames = a['frames'][i, :F].astype(np.float32) / 255.0
-        focus = a['focus'][i, :F].astype(np.float64)
-        if manifest.family == 'dfv':
-            if F != manifest.num_frames:
-                continue
-            order = np.argsort(focus)
-            out.append({'stack': torch.from_numpy(np.ascontiguousarray(frames[order]))[None],
-                        'focus': torch.as_tensor(focus[order], dtype=torch.float32)[None]})
+        if manifest.family == 'dfv' and F != manifest.num_frames:
             continue
-        depths = a['depths'][i].astype(np.float64)
-        if len(depths) != manifest.num_hypotheses:
+        if manifest.family != 'dfv' and len(a['depths'][i]) != manifest.num_hypotheses:
             continue
-        x = {'image': torch.from_numpy(np.ascontiguousarray(frames[int(a['ref'][i])]))[None],
-             'cost_volume': torch.from_numpy(a['cost'][i].astype(np.float32))[None],
-             'depths': torch.as_tensor(depths, dtype=torch.float32)[None]}
-        if 'focus_volume' in manifest.inputs:
-            from ..focus_volume import focus_volume
-            f, pitch = (float(v) for v in a['lens'][i])
-            x['focus_volume'] = focus_volume(frames, focus, a['f_numbers'][i, :F].astype(np.float64), f, pitch,
-                                             depths, modes=manifest.focus_volume_modes)[None]
-        out.append(x)
+        x = stack_inputs(manifest.family, a['frames'][i, :F].astype(np.float32) / 255.0, a['focus'][i, :F],
+                         a['f_numbers'][i, :F] if 'f_numbers' in a else None,
+                         a['lens'][i] if 'lens' in a else None, int(a['ref'][i]) if 'ref' in a else 0,
+                         a['depths'][i] if 'depths' in a else None, a['cost'][i] if 'cost' in a else None,
+                         manifest.focus_volume_modes if 'focus_volume' in manifest.inputs else None)
+        out.append({k: v[None] for k, v in x.items()})
     if not out:
         return [], f'no stack in {shard} matches the engine (F / D)'
     h, w = out[0]['stack' if manifest.family == 'dfv' else 'image'].shape[-2:]
