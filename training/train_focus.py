@@ -179,7 +179,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         selected_on = ck.get('selected_on')
     elif a.resume and weights.exists():
         ck = torch.load(weights, map_location='cpu', weights_only=False)
-        load_grown(model, ck['model'])
+        if load_grown(model, ck['model']):
+            rewarm_from = ck['samples']
         samples, best, wall0 = ck['samples'], ck.get('best', best), ck.get('wall_s', 0.0)
         selected_on = ck.get('selected_on')
     log = open(out / 'log.txt', 'a')

@@ -1,0 +1,71 @@
+"""train_focus end to end on tiny synthetic shards: selection over validation parts, resume, growth."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from ddfs_ros.optics import hypotheses_from_focus_span
+
+S, D, F, N = 24, 8, 3, 4
+
+
+def _shard(folder: Path, split: str, seed: int) -> None:
+    """A shard in write_shard's layout with random frames and a random cost volume."""
+    rng = np.random.default_rng(seed)
+    focus = np.tile(1.0 / np.linspace(1 / 0.5, 1 / 2.0, F), (N, 1)).astype(np.float32)
+    (folder / split).mkdir(parents=True, exist_ok=True)
+    np.savez(folder / split / 'shard_0000.npz',
+             frames=rng.integers(0, 256, (N, F, 3, S, S), dtype=np.uint8), focus=focus,
+             f_numbers=np.full((N, F), 2.0, np.float32), nframes=np.full(N, F, np.int16),
+             lens=np.tile([0.01, 1e-5], (N, 1)), gt=rng.uniform(0.6, 1.8, (N, S, S)).astype(np.float32),
+             ref=np.zeros(N, np.int16), cost=rng.random((N, D, S, S)).astype(np.float16),
+             depths=np.tile(hypotheses_from_focus_span(focus[0], D), (N, 1)).astype(np.float32))
+
+
+def _run(tmp: Path, conf: dict, samples_max: int) -> str:
+    from training.train_focus import main
+    conf = {**conf, 'train': {**conf['train'], 'samples_max': samples_max}}
+    path = tmp / 'tiny.yaml'
+    path.write_text(yaml.safe_dump(conf))
+    main(['--config', str(path), '--resume'])
+    return (tmp / 'ck' / 'log.txt').read_text()
+
+
+def test_selection_over_val_parts_resume_and_growth(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for part, seed in (('a', 0), ('b', 1)):
+        for split in ('train', 'val'):
+            _shard(tmp_path / part, split, seed + (10 if split == 'val' else 0))
+    conf = {'name': 'tiny', 'out': str(tmp_path / 'ck'),
+            'model': {'family': 'ddfs', 'arch': 'unet_cv_fv', 'kwargs': {'num_hypotheses': D, 'widths': [4, 4, 4, 4]}},
+            'data': {'cache': str(tmp_path / 'a'), 'family': 'ddfs', 'size': S, 'num_hypotheses': D},
+            'train': {'batch': 2, 'crop': 16, 'lr': 1e-3, 'samples_target': 64, 'warmup': 4, 'val_every': 4,
+                      'workers': 0}}
+    log = _run(tmp_path, conf, 8)
+    curve = (tmp_path / 'ck' / 'curve.csv').read_text().splitlines()
+    assert curve[0].endswith(',selection_abs_rel') and len(curve) == 1 + 2
+    assert torch.load(tmp_path / 'ck' / 'best.pt', weights_only=False)['selected_on'] == ['a']
+    assert (tmp_path / 'training' / 'weights' / 'tiny.pt').is_file()
+
+    # a validation part joins: the old best is measured on the new set before anything replaces it
+    conf['data']['extra_train'] = [{'cache': str(tmp_path / 'b'), 'val': True}]
+    log = _run(tmp_path, conf, 16)
+    assert "validation now on ['a', 'b']" in log
+    ck = torch.load(tmp_path / 'ck' / 'last.pt', weights_only=False)
+    assert ck['samples'] == 16 and ck['selected_on'] == ['a', 'b']
+    rows = [r.split(',') for r in (tmp_path / 'ck' / 'curve.csv').read_text().splitlines()[1:]]
+    assert all(r[-1] == r[1] for r in rows[:2])          # one validation part: selection = part 0
+    assert len(rows) == 4 and all(float(r[-1]) > 0 for r in rows)
+
+    # growing the network by the focus curve resumes from the same weights, fresh optimiser
+    conf['model']['kwargs']['focus_curve'] = True
+    before = ck['model']
+    _run(tmp_path, conf, 20)
+    after = torch.load(tmp_path / 'ck' / 'last.pt', weights_only=False)
+    assert after['samples'] >= 20          # samples_max is checked after each pass
+    first = next(k for k in before if before[k].dim() == 4)
+    assert after['model'][first].shape[1] == before[first].shape[1] + D
+    assert after['model'][first][:, -D:].abs().sum() > 0     # the new channels started at 0 and learn
