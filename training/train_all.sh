@@ -14,23 +14,23 @@ export PYTHONPATH=.
 export OMP_NUM_THREADS=1
 mkdir -p runs
 
-lane() {  # name train_shards
-  local n=$1 shards=$2
+lane() {  # name train_shards "val parts" "part:shards ..." (the config's extra_train parts, in order)
+  local n=$1 shards=$2 valparts=$3 extra=$4
   $PY -m training.stack_data --config "training/configs/$n.yaml" --split val --shards 0:1
+  for p in $valparts; do   # parts marked val: true join the checkpoint selection: their val split first
+    $PY -m training.stack_data --config "training/configs/$n.yaml" --split val --part "$p" --shards 0:1
+  done
   $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --shards 0:2
   # the trainer re-reads the shards at every pass, so it starts while the rest is rendered
   { $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --shards "$shards"
-    # the config's extra_train part (smaller blur, more aperture pairs: see the config)
-    $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --part 1 --shards 0:16
-    if [ "$n" = ddfs_s ]; then   # its second extra part: aperture pairs focused towards the near end
-      $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --part 2 --shards 0:8
-      $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --part 3 --shards 0:8
-    fi; } &
+    for ps in $extra; do   # the extra_train parts (see the config and training/README.md)
+      $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --part "${ps%%:*}" --shards "${ps#*:}"
+    done; } &
   $PY -m training.train_focus --config "training/configs/$n.yaml" --resume --hours "$HOURS" >> "runs/train_$n.log" 2>&1
   wait
 }
-lane ddfs_s 2:16 &
-lane dfv_s 2:24 &
+lane ddfs_s 2:16 "4" "1:0:16 2:0:8 3:0:8 4:0:16 5:0:10" &
+lane dfv_s 2:24 "2" "1:0:16 2:0:16 3:0:10" &
 wait
 
 # export the validation-best checkpoints (chosen on validation only)
