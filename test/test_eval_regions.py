@@ -47,3 +47,19 @@ def test_scores_pool_pixels_and_count_missing_depth():
     assert abs(score.abs_rel('beyond the farthest focus') - expected) < 1e-12
     assert score.coverage('all') == 1 - 1 / gt.size
     assert abs(sum(share[r] for r in REGIONS[1:4]) - 1.0) < 1e-12
+
+
+def test_regions_command_on_the_shared_bag(capsys):
+    import pytest
+
+    from ddfs_ros.eval import cli
+    from ddfs_ros.scenes import resolve_data_dir
+    bag = resolve_data_dir('../shared/data/sample_bags/motorcycle_sweep')
+    if bag is None:
+        pytest.skip('../shared/data/sample_bags is absent (see ../shared/data/README.md)')
+    assert cli.main(['regions', str(bag), '--stacks', '1']) == 0
+    out = capsys.readouterr().out
+    rows = {line.split('|')[1].strip(): line for line in out.splitlines() if line.startswith('| ')}
+    assert 'focus-measure (baseline)' in rows and 'median-oracle (baseline)' in rows
+    cells = [float(c.split()[0]) for c in rows['focus-measure (baseline)'].split('|')[2:-1]]
+    assert len(cells) == 6 and all(0 < c < 1 for c in cells)

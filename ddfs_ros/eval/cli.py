@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help='the node\'s uncertainty mask (default 0: off, every pixel scored for every method)')
     pr.add_argument('--replay', action='store_true', help='score through the ROS node instead of offline')
     pr.add_argument('--json', default=None, metavar='PATH')
+    rg = sub.add_parser('regions', help='AbsRel per scene region: inside / outside the sweep, low texture / textured')
+    rg.add_argument('bags', nargs='+', type=Path)
+    rg.add_argument('--engine', action='append', default=[], metavar='MANIFEST',
+                    help='engine manifest; repeat for one row per engine (the baselines are always rows)')
+    rg.add_argument('--backend', default='auto', choices=('auto', 'tensorrt', 'onnxruntime', 'torch'))
+    rg.add_argument('--stacks', type=int, default=None, help='first N stacks of each bag (default all)')
     return p
 
 
@@ -163,6 +169,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == 'protocol':
         return cmd_protocol(args)
+    if args.cmd == 'regions':
+        from .regions import regions_table
+        for bag in args.bags:
+            print(regions_table(bag, args.engine, args.stacks, args.backend), '\n', flush=True)
+        return 0
     return cmd_score(args)
 
 

@@ -1,5 +1,6 @@
 """Where the error is: AbsRel per region of the scene, for engines and baselines (no ROS).
 
+    ddfs-eval regions BAG [BAG ...] [--engine engines/ddfs_s.json ...] [--stacks N]
     python -m ddfs_ros.eval.regions BAG [BAG ...] [--engines engines/*.json] [--stacks N]
 
 A single AbsRel hides *why* a method loses to another.  Two properties of a pixel
