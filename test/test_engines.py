@@ -587,6 +587,7 @@ def test_measure_writes_the_field_and_keeps_the_hashes_valid(tiny_engines, tmp_p
     assert 0 <= meas['bf16_rel_diff_median'] <= meas['bf16_rel_diff_p99'] <= meas['bf16_rel_diff_max']
     assert 'random inputs' in meas['bf16_rel_diff_input']   # the fixture has no validation shard
     assert meas['machine'] and meas['date'] and meas['input_size'] == [64, 64]
+    assert meas['cpus'] >= 1 and (meas['load_average_1min'] is None or meas['load_average_1min'] >= 0)
     man = load_manifest(path)                                # sha256 of the ONNX still verifies
     assert load_engine(path, backend='torch', fallback=False).backend_name == 'torch'
     assert load_engine(path, device='cpu').backend_name == rec['backend']

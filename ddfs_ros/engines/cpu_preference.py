@@ -253,6 +253,13 @@ def measure(manifest_path: str | Path, size: Sequence[int] = TIMING_SIZE, runs: 
     manifest = load_manifest(manifest_path)
     x = timing_inputs(manifest, size)
     H, W = x['stack' if manifest.family == 'dfv' else 'image'].shape[-2:]
+    # Other work on the CPU skews the small-thread torch timings most (measured: torch 780 ms
+    # vs 66 ms idle while a second export ran), so the record says how busy the machine was.
+    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
+    cores = os.cpu_count() or 1
+    if load is not None and load > 0.5 * cores:
+        say(f'{manifest.name}: warning: load average {load:.1f} on {cores} CPUs while timing: the choice may '
+            f'not hold on an idle machine (rerun python -m ddfs_ros.engines.cpu_preference {manifest_path} then)')
     measured: dict = {}
     engines = {}
     bf16 = torch_backend.cpu_has_fast_bf16()
@@ -304,6 +311,7 @@ def measure(manifest_path: str | Path, size: Sequence[int] = TIMING_SIZE, runs: 
         'input_size': [int(H), int(W)], 'runs': runs, 'warmup': warmup,
         'threads': {'torch': torch.get_num_threads(), 'onnxruntime': 'default (physical cores)'},
         'torch': torch.__version__, 'onnxruntime': _ort_version(), 'machine': machine_description(),
+        'load_average_1min': None if load is None else round(load, 2), 'cpus': cores,
         'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
     })
     rule = rule_text(H, W, runs, warmup, max_rel_diff_p99)
