@@ -1,7 +1,6 @@
 """Where the error is: AbsRel per region of the scene, for engines and baselines (no ROS).
 
     ddfs-eval regions BAG [BAG ...] [--engine engines/ddfs_s.json ...] [--stacks N]
-    python -m ddfs_ros.eval.regions BAG [BAG ...] [--engines engines/*.json] [--stacks N]
 
 A single AbsRel hides *why* a method loses to another.  Two properties of a pixel
 decide what a depth-from-focus method can know there:
@@ -22,8 +21,6 @@ like ``ddfs-eval offline``.
 """
 from __future__ import annotations
 
-import argparse
-import glob
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -93,15 +90,20 @@ class RegionScore:
         return self.n[region] / total if total else float('nan')
 
 
-def score_regions(items, predict: Callable, low_fraction: float = LOW_TEXTURE_FRACTION) -> tuple[RegionScore, dict]:
-    """(scores, pixel share of each region) of ``predict(stack) -> depth`` over bag items."""
+def score_regions(items, predict: Callable, low_fraction: float = LOW_TEXTURE_FRACTION,
+                  masks: Optional[Sequence[dict]] = None) -> tuple[RegionScore, dict]:
+    """(scores, pixel share of each region) of ``predict(stack) -> depth`` over bag items.
+
+    ``masks``: the items' :func:`region_masks`, when already computed (they do not depend
+    on the method, so a table of several methods computes them once).
+    """
+    if masks is None:
+        masks = [region_masks(it.stack.focus_m, it.stack.frames, it.depth_gt, low_fraction) for it in items]
     score, pixels = RegionScore(), {r: 0 for r in REGIONS}
-    for it in items:
-        gt = np.asarray(it.depth_gt, dtype=np.float64)
-        masks = region_masks(it.stack.focus_m, it.stack.frames, gt, low_fraction)
+    for it, m in zip(items, masks):
         for r in REGIONS:
-            pixels[r] += int(masks[r].sum())
-        score.add(predict(it.stack), gt, masks)
+            pixels[r] += int(m[r].sum())
+        score.add(predict(it.stack), np.asarray(it.depth_gt, dtype=np.float64), m)
     share = {r: pixels[r] / max(1, pixels['all']) for r in REGIONS}
     return score, share
 
@@ -122,9 +124,10 @@ def regions_table(bag, engines: Sequence[str], stacks: Optional[int] = None, bac
         methods.append((BASELINE_NAME, lambda s: baseline_predict(s)[0]))
     gt_of = {id(it.stack): it.depth_gt for it in items}
     methods.append((MEDIAN_ORACLE_NAME, lambda s: median_oracle_predict(s, gt_of[id(s)])[0]))
+    masks = [region_masks(it.stack.focus_m, it.stack.frames, it.depth_gt) for it in items]
     rows, share = [], None
     for name, pred in methods:
-        score, share = score_regions(items, pred)
+        score, share = score_regions(items, pred, masks=masks)
         cells = [f'{score.abs_rel(r):.4f}' + ('' if score.coverage(r) > 0.999 else f' ({100 * score.coverage(r):.0f} %)')
                  for r in REGIONS]
         rows.append(f'| {name} | ' + ' | '.join(cells) + ' |')
@@ -132,19 +135,3 @@ def regions_table(bag, engines: Sequence[str], stacks: Optional[int] = None, bac
     return '\n'.join([f'`{bag}`, {len(items)} stacks: AbsRel per region (pixel share; coverage where < 100 %)', '',
                       head, '|---|' + '---|' * len(REGIONS)] + rows)
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description='AbsRel per scene region (inside / outside the sweep, texture).')
-    ap.add_argument('bags', nargs='+')
-    ap.add_argument('--engines', nargs='*', default=None, help='engine manifests (default engines/*.json)')
-    ap.add_argument('--stacks', type=int, default=None, help='first N stacks of each bag (default all)')
-    ap.add_argument('--backend', default='auto')
-    a = ap.parse_args(argv)
-    engines = a.engines if a.engines is not None else sorted(glob.glob('engines/*.json'))
-    for bag in a.bags:
-        print(regions_table(bag, engines, a.stacks, a.backend), '\n', flush=True)
-    return 0
-
-
-if __name__ == '__main__':
-    raise SystemExit(main())
