@@ -168,19 +168,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=float(t['lr']), weight_decay=float(t.get('weight_decay', 1e-4)))
     samples, best, wall0, selected_on = 0, float('inf'), 0.0, None
     rewarm_from = None     # a fresh optimiser on trained weights ramps its rate up again
-    if a.resume and (out / 'last.pt').exists():
-        ck = torch.load(out / 'last.pt', map_location='cpu', weights_only=False)
+    # last.pt holds the optimiser too; the committed weights (a fresh clone) only the model
+    resume_from = next((p for p in (out / 'last.pt', weights) if p.exists()), None) if a.resume else None
+    if resume_from is not None:
+        ck = torch.load(resume_from, map_location='cpu', weights_only=False)
         if load_grown(model, ck['model']):
             print('resumed into a model with more input channels: optimiser state restarted', flush=True)
             rewarm_from = ck['samples']
-        else:
+        elif 'opt' in ck:
             opt.load_state_dict(ck['opt'])
-        samples, best, wall0 = ck['samples'], ck.get('best', best), ck.get('wall_s', 0.0)
-        selected_on = ck.get('selected_on')
-    elif a.resume and weights.exists():
-        ck = torch.load(weights, map_location='cpu', weights_only=False)
-        if load_grown(model, ck['model']):
-            rewarm_from = ck['samples']
         samples, best, wall0 = ck['samples'], ck.get('best', best), ck.get('wall_s', 0.0)
         selected_on = ck.get('selected_on')
     log = open(out / 'log.txt', 'a')
