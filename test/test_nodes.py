@@ -755,16 +755,22 @@ def test_soak_above_capacity_memory_and_latency_stay_bounded(t1, plane_sweep):
         time.sleep(0.025)              # ~35 stacks/s: several times what the node processes
     time.sleep(1.0)
     s1 = node.stats()
-    lats = list(node._latencies)[lat0:]
+    lats = np.array(list(node._latencies)[lat0:])
+    waits = np.array(list(node._waits)[lat0:])
     processed = s1['processed'] - s0['processed']
     dropped = s1['dropped_busy'] - s0['dropped_busy']
     half = len(lats) // 2
     p50a, p50b = float(np.median(lats[:half])), float(np.median(lats[half:]))
+    wait_b, service_b = float(np.median(waits[half:])), float(np.median((lats - waits)[half:]))
     print(f'soak: {k} sent, {processed} processed, {dropped} dropped; in-node latency p50 {p50a:.1f} -> '
-          f'{p50b:.1f} ms; RSS {rss[0]:.0f} -> {max(rss):.0f} MB')
+          f'{p50b:.1f} ms (second half: {wait_b:.1f} ms waiting, {service_b:.1f} ms processing); '
+          f'RSS {rss[0]:.0f} -> {max(rss):.0f} MB')
     # above capacity: stacks were dropped (how many per processed one depends on the machine's speed;
     # 'more dropped than processed' failed on a quicker run, 268 processed / 195 dropped)
     assert processed >= 5 and dropped > 0
     assert max(rss) - rss[0] < 25.0                   # no growth with ~1000 stacks pushed through
-    assert p50b < 4.0 * p50a + 50.0                   # latency does not creep up (no hidden queue)
+    # no hidden queue: a stack waits for at most the one being processed.  (Not 'the second
+    # half's latency stays near the first half's': on a loaded CI machine the processing
+    # itself slowed from 174 to 1129 ms within the 12 s.)
+    assert wait_b < 2.0 * service_b + 50.0
     assert len(node.pairer) <= node.pairer.max_pending

@@ -74,6 +74,8 @@ class InferenceNode(Node):
         self.last_error: str = ''
         self._last_log: dict[str, float] = {}
         self._latencies: deque = deque(maxlen=256)
+        #: ms each of those stacks waited in the one-slot queue before the worker took it
+        self._waits: deque = deque(maxlen=256)
         self._done_times: deque = deque(maxlen=256)
         self._stats_lock = threading.Lock()
         self.engine_events: list[str] = []
@@ -278,6 +280,7 @@ class InferenceNode(Node):
                 self._reject('internal_error', 'image', f'{type(e).__name__}: {e}', None)
 
     def _process(self, parts: dict, t_complete: float) -> None:
+        t_start = time.monotonic()
         image, info, lens = parts['image'], parts['camera_info'], parts['lens_state']
         # K feeds the focal length and depth/points, and K and P are republished in
         # depth/camera_info: an all-inf K must never get that far.
@@ -318,6 +321,7 @@ class InferenceNode(Node):
         with self._stats_lock:
             self.processed += 1
             self._latencies.append((done - t_complete) * 1e3)
+            self._waits.append((t_start - t_complete) * 1e3)
             self._done_times.append(done)
             self.counters['masked_out_of_range'] += result.n_out_of_range
             self.counters['masked_uncertain'] += result.n_uncertain
@@ -356,6 +360,7 @@ class InferenceNode(Node):
         now = time.monotonic()
         with self._stats_lock:
             lat = np.array(self._latencies, dtype=np.float64)
+            wait = np.array(self._waits, dtype=np.float64)
             recent = [t for t in self._done_times if now - t <= max(self._diag_period, 1.0) * 5]
             window = max(self._diag_period, 1.0) * 5
             s = {
@@ -367,6 +372,8 @@ class InferenceNode(Node):
                 'rate_hz': len(recent) / window,
                 'latency_ms_p50': float(np.percentile(lat, 50)) if lat.size else float('nan'),
                 'latency_ms_p95': float(np.percentile(lat, 95)) if lat.size else float('nan'),
+                # of that latency, the wait for the worker: at most about one stack's processing
+                'queue_wait_ms_p50': float(np.percentile(wait, 50)) if wait.size else float('nan'),
                 'dropped_busy': self.dropped_busy,
                 'dropped_pair_timeout': self.pairer.timeouts,
                 'dropped_pair_evicted': self.pairer.evicted,
