@@ -46,6 +46,7 @@ import torch.nn.functional as Fnn
 from . import refine
 from .align import align_focal_stack, check_align_mode
 from .cost_volume import CostVolume
+from .focus_bins import extrapolated_focus
 from .focus_volume import focus_volume
 from .optics import (FOCUS_SPAN_MARGIN, FOCUS_SPAN_MIN_RELATIVE, LensModel, depth_hypotheses,
                      hypotheses_from_focus_span, scale_hypotheses_to_focus)
@@ -356,10 +357,11 @@ class DepthPipeline:
                                                       modes=m.focus_volume_modes)[None]
             lo, hi = float(hyp.min()), float(hyp.max())
         else:
-            hyp = stack.focus_m.copy()
-            inputs = {'stack': frames[None],
-                      'focus': torch.as_tensor(stack.focus_m, dtype=torch.float32, device=device)[None]}
-            lo, hi = stack.focus_range
+            focus_t = torch.as_tensor(stack.focus_m, dtype=torch.float32, device=device)[None]
+            inputs = {'stack': frames[None], 'focus': focus_t}
+            # the depths the engine can output: the focus distances and any bins past the sweep
+            hyp = extrapolated_focus(focus_t.double(), m.extrapolate_bins)[0].cpu().numpy()
+            lo, hi = float(hyp.min()), float(hyp.max())
         self._sync(device)
         t3 = time.perf_counter()
         timings['cost_volume'] = (t3 - t2) * 1e3

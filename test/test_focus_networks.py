@@ -126,6 +126,65 @@ def test_a_grown_network_starts_as_the_old_one():
         load_grown(old, new.state_dict())
 
 
+def test_volume_skip_starts_as_the_old_network_and_hands_a_curve_to_the_logits():
+    from training.models.focusnets import SKIP_GAIN
+    from training.train_focus import build, load_grown
+
+    kw = {'num_hypotheses': 8, 'widths': (8, 8, 8, 8), 'focus_curve': True}
+    torch.manual_seed(0)
+    old = build('ddfs', kw).eval()
+    new = build('ddfs', {**kw, 'volume_skip': True}).eval()
+    assert load_grown(new, old.state_dict())
+    img, cv, fv = torch.rand(2, 3, 16, 16), torch.rand(2, 8, 16, 16), torch.rand(2, 16, 16, 16)
+    d = torch.as_tensor(hypotheses_from_focus_span([0.5, 2.0], 8), dtype=torch.float32)[None].repeat(2, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(old(img, cv, d, fv)[0], new(img, cv, d, fv)[0])
+        # a large weight on the focus-curve block: the depth is that block's argmax
+        new.skip.copy_(torch.tensor([0.0, 0.0, 5.0]))
+        curve = torch.zeros(2, 8, 16, 16)
+        curve[:, 6] = 1.0
+        depth = new(img, cv, d, torch.cat([fv[:, :8], curve], 1))[0]
+    assert SKIP_GAIN * 5.0 >= 50.0
+    torch.testing.assert_close(depth, d[:, 6].view(2, 1, 1, 1).expand_as(depth), rtol=1e-3, atol=0)
+    with pytest.raises(ValueError, match='only'):
+        load_grown(build('ddfs', kw), {k: v for k, v in old.state_dict().items() if k != 'net.head.bias'})
+
+
+def test_extrapolated_focus_bins_are_uniform_in_dioptres_and_stop_short_of_infinity():
+    from ddfs_ros.focus_bins import extrapolated_focus
+
+    focus = torch.tensor([[1.0, 1.25, 5.0 / 3.0, 2.5]], dtype=torch.float64)     # 1, 0.8, 0.6, 0.4 D
+    b = extrapolated_focus(focus, 2)
+    assert b.shape == (1, 8) and torch.all(b[0, 1:] > b[0, :-1])
+    torch.testing.assert_close(b[0, 2:6], focus[0])
+    torch.testing.assert_close(1 / b[0, :2], torch.tensor([1.4, 1.2], dtype=torch.float64))
+    # beyond: 0.2 D, then max(0.0, 0.4 / 4) = 0.1 D instead of infinity
+    torch.testing.assert_close(1 / b[0, 6:], torch.tensor([0.2, 0.1], dtype=torch.float64))
+    assert extrapolated_focus(focus, 0) is focus
+    torch.testing.assert_close(extrapolated_focus(3 * focus, 2), 3 * b)          # scale identity
+
+
+def test_dfv_extrapolation_starts_near_the_old_network_and_can_leave_the_sweep():
+    from training.train_focus import build, load_grown, output_range
+
+    kw = {'num_frames': 3, 'widths': (8, 8, 8, 8), 'feat': 4, 'agg': 4}
+    torch.manual_seed(0)
+    old = build('dfv', kw).eval()
+    new = build('dfv', {**kw, 'extrapolate': 2}).eval()
+    assert load_grown(new, old.state_dict())
+    stack = torch.rand(2, 3, 3, 16, 16)
+    focus = torch.tensor([[1.0, 1.5, 2.0]]).repeat(2, 1)
+    with torch.no_grad():
+        a, b = old(stack, focus)[0], new(stack, focus)[0]
+        torch.testing.assert_close(a, b, rtol=0.02, atol=0)
+        assert float(a.max()) <= 2.0 + 1e-5
+        new.extrap[2].bias.copy_(torch.tensor([-50.0, -50.0, -50.0, 50.0]))      # all mass on the farthest bin
+        far = new(stack, focus)[0]
+    lo, hi = output_range('dfv', {'focus': focus}, new)
+    assert float(hi.max()) > 2.0 and float(lo.min()) < 1.0
+    torch.testing.assert_close(far, hi.expand_as(far))
+
+
 def test_predicted_sharpness_prefers_the_smaller_aperture_away_from_focus():
     q = predicted_sharpness([1.7, 1.7], [2.8, 8.0], 0.035, 36e-6, [0.5, 1.7, 6.0])
     np.testing.assert_allclose(q.sum(axis=0), 1.0)
@@ -242,21 +301,27 @@ def test_shards_of_several_folders_make_one_dataset_and_a_bf16_step_learns(tmp_p
 
 @pytest.mark.slow
 @needs_textures
-@pytest.mark.parametrize('family', ['ddfs', 'dfv', 'ddfs_curve'])
+@pytest.mark.parametrize('family', ['ddfs', 'dfv', 'ddfs_curve', 'dfv_extrapolate'])
 def test_export_is_dynamic_in_height_and_width_and_matches_eager(tmp_path, family):
     from ddfs_ros.engines.manifest import load_manifest
     from training.export_focus import export_checkpoint
     from training.stack_data import StackDataConfig, write_shard
     from training.train_focus import build
 
-    curve = family == 'ddfs_curve'
-    family = 'ddfs' if curve else family
+    curve, extrapolate = family == 'ddfs_curve', family == 'dfv_extrapolate'
+    family = {'ddfs_curve': 'ddfs', 'dfv_extrapolate': 'dfv'}.get(family, family)
     cfg = StackDataConfig(family=family, size=32, frames=(2, 4) if family == 'ddfs' else 3, num_hypotheses=8,
                           sources={'procedural': 1.0})
     write_shard(cfg, 'val', 0, 0, tmp_path / 'cache', shard_size=3)
-    kwargs = ({'num_hypotheses': 8, 'widths': [8, 8, 8, 8], **({'focus_curve': True} if curve else {})}
-              if family == 'ddfs' else {'num_frames': 3, 'widths': [8, 8, 8, 8], 'feat': 4, 'agg': 4})
+    kwargs = ({'num_hypotheses': 8, 'widths': [8, 8, 8, 8], **({'focus_curve': True, 'volume_skip': True} if curve else {})}
+              if family == 'ddfs' else {'num_frames': 3, 'widths': [8, 8, 8, 8], 'feat': 4, 'agg': 4,
+                                        **({'extrapolate': 2} if extrapolate else {})})
     model = build(family, kwargs)
+    with torch.no_grad():    # non-zero skip weights and far bins that win: the export must carry both
+        if curve:
+            model.skip.copy_(torch.tensor([0.1, 0.2, 0.3]))
+        if extrapolate:
+            model.extrap[2].bias.copy_(torch.tensor([-5.0, -5.0, -5.0, 8.0]))
     conf = {'name': 'tiny', 'model': {'family': family, 'arch': 'x', 'kwargs': kwargs},
             'data': {'cache': str(tmp_path / 'cache'), 'size': 32}}
     torch.save({'model': model.state_dict(), 'config': conf, 'family': family, 'samples': 0,
@@ -288,3 +353,6 @@ def test_export_is_dynamic_in_height_and_width_and_matches_eager(tmp_path, famil
         assert r.depth.shape == (48, 72) and np.isfinite(r.depth).mean() > 0.99
         results.append(r.depth)
     np.testing.assert_allclose(results[0], results[1], rtol=1e-3)
+    assert loaded.extrapolate_bins == (2 if extrapolate else 0)
+    if extrapolate:      # depth past the farthest focus survives the node's range mask
+        assert np.nanmedian(results[0]) > 1.02 * stack.focus_m.max()

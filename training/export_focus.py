@@ -133,6 +133,7 @@ def export_checkpoint(ckpt_path: Path | str, onnx_path: Path | str, torch_progra
         'reference_frame': 'farthest',
         'max_coc_px': float(d.get('max_coc_px', 24.0)) if family == 'ddfs' else None,
         **({'focus_volume_modes': modes} if family == 'ddfs' else {}),
+        **({'extrapolate_bins': int(model.extrapolate)} if getattr(model, 'extrapolate', 0) else {}),
         'batch': 1,
         'params': int(sum(p.numel() for p in model.parameters())),
         'normalisation': 'RGB in [0, 1], ImageNet mean/std applied inside the graph; cost volume as '

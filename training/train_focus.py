@@ -33,6 +33,8 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from ddfs_ros.focus_bins import extrapolated_focus
+
 from .models.focusnets import CostFocusUNet, FocusStackNet
 from .stack_data import ShardDataset, data_parts, validation_parts
 
@@ -51,9 +53,11 @@ def forward(model: torch.nn.Module, family: str, batch: dict):
     return model(batch['image'], batch['cost_volume'], batch['depths'], batch['focus_volume'])
 
 
-def output_range(family: str, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def output_range(family: str, batch: dict, model: Optional[torch.nn.Module] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """B x 1 x 1 x 1 lowest and highest depth the network can output (m)."""
     v = batch['focus'] if family == 'dfv' else batch['depths']
+    if family == 'dfv' and model is not None:
+        v = extrapolated_focus(v, getattr(model, 'extrapolate', 0))
     return v.amin(dim=1).view(-1, 1, 1, 1), v.amax(dim=1).view(-1, 1, 1, 1)
 
 
@@ -100,9 +104,16 @@ def validate(model: torch.nn.Module, family: str, data: ShardDataset, batch: int
 def load_grown(model: torch.nn.Module, state: dict) -> bool:
     """Load ``state``; a weight with fewer input channels than the model's (a network given
     more inputs, e.g. ``focus_curve``) fills the leading channels and the new ones start
-    at zero, so the grown network computes exactly what the old one did.  True if grown."""
+    at zero, so the grown network computes exactly what the old one did; parameters the
+    model lists in ``growth_keys`` (prefixes) and the state lacks keep their initial
+    values, which the model chose so that it starts where the old one was.  True if grown."""
     own = model.state_dict()
-    grown = False
+    prefixes = tuple(getattr(model, 'growth_keys', ()))
+    new = [k for k in own if k not in state]
+    if any(not (prefixes and k.startswith(prefixes)) for k in new):
+        raise ValueError(f'checkpoint lacks {new}; only {list(prefixes)} may be new')
+    grown = bool(new)
+    state = {**state, **{k: own[k] for k in new}}
     for k, v in state.items():
         if k in own and own[k].shape != v.shape:
             if own[k].dim() != v.dim() or own[k].dim() < 2 or own[k].shape[0] != v.shape[0] \
@@ -173,7 +184,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if resume_from is not None:
         ck = torch.load(resume_from, map_location='cpu', weights_only=False)
         if load_grown(model, ck['model']):
-            print('resumed into a model with more input channels: optimiser state restarted', flush=True)
+            print('resumed into a grown model (new inputs or parameters): optimiser state restarted', flush=True)
             rewarm_from = ck['samples']
         elif 'opt' in ck:
             opt.load_state_dict(ck['opt'])
@@ -249,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             # bf16 autocast: ~2x per step on CPUs with AMX / AVX512-BF16 (measured, training/README.md)
             with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
                 o = forward(model, family, b)
-            lo, hi = output_range(family, b)
+            lo, hi = output_range(family, b, model)
             loss = relative_l1(o['depth'], b['gt'], lo, hi)
             opt.zero_grad(set_to_none=True)
             loss.backward()

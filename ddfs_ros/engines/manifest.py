@@ -92,6 +92,9 @@ class EngineManifest:
     torch_program_sha256: Optional[str] = None
     #: The D-blocks of the ``focus_volume`` input, in order (:data:`ddfs_ros.focus_volume.FOCUS_VOLUME_MODES`).
     focus_volume_modes: tuple = ('thin_lens',)
+    #: Bins a frame-based engine outputs past each end of the sweep
+    #: (:func:`ddfs_ros.focus_bins.extrapolated_focus`); 0 = the focus range only.
+    extrapolate_bins: int = 0
 
     @property
     def height(self) -> int:
@@ -269,8 +272,11 @@ def load_manifest(path: str | Path, verify_sha256: bool = True) -> EngineManifes
         dynamic_size=bool(raw.get('dynamic_size', False)),
         size_multiple=int(raw.get('size_multiple', 32)),
         validated_size=_validated_size(raw.get('validated_size'), path), focus_volume_modes=modes,
+        extrapolate_bins=int(raw.get('extrapolate_bins') or 0),
         train_processing_width=None if raw.get('train_processing_width') is None
         else int(raw['train_processing_width']))
+    if manifest.extrapolate_bins < 0 or (manifest.extrapolate_bins and family != 'dfv'):
+        raise EngineError(f'engine {path.name}: extrapolate_bins {manifest.extrapolate_bins} needs a dfv engine and >= 0')
     if manifest.size_multiple < 1:
         raise EngineError(f'engine {path.name}: size_multiple must be >= 1, got {manifest.size_multiple}')
     if verify_sha256:

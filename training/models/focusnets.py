@@ -34,8 +34,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ddfs_ros.focus_bins import extrapolated_focus
+
 #: H and W must be multiples of this (three 2x poolings).
 SIZE_MULTIPLE = 8
+#: ``volume_skip`` scales: logits += SKIP_GAIN * w_b * block_b, so that the learned
+#: weights reach a softmax-sharpening size (~10) in a few thousand AdamW steps.
+SKIP_GAIN = 10.0
+#: Initial logit offset of ``extrapolate`` bins: exp(-6) ~ 0.25 % of a frame's weight, so
+#: a grown network starts where the old one was and the bins still get a gradient.
+EXTRAP_INIT_LOGIT = -6.0
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
@@ -114,24 +122,43 @@ class CostFocusUNet(nn.Module):
     ``forward(image B x 3 x H x W in [0,1], cost_volume B x D x H x W, depths B x D (m),
     focus_volume B x kD x H x W)``, k = 1 (thin-lens focus volume) or 2 with
     ``focus_curve`` (and the focus curve, :func:`ddfs_ros.focus_volume.focus_volume`).
+
+    ``volume_skip``: the cost volume and each focus-volume block also go straight to the
+    D logits, each with one learned weight (zero at first: a grown network computes what
+    the old one did).  Why: the U-Net's last layer has ``widths[0]`` = 32 channels to
+    describe a 32-bin distribution at every pixel, so a sharp per-hypothesis curve that
+    is already in the input (the focus curve's argmax alone matches the trained network
+    on ``motorcycle_sweep``, 0.054 vs 0.055, and beats it past the sweep's ends) has to
+    squeeze through that bottleneck; the skip hands it over and the U-Net learns the
+    correction.
     """
 
     arch = 'unet_cv_fv'
+    #: parameters a checkpoint of the network without them may lack (``train_focus.load_grown``)
+    growth_keys = ('skip',)
 
     def __init__(self, num_hypotheses: int = 32, widths: Sequence[int] = (32, 48, 64, 96),
-                 focus_curve: bool = False) -> None:
+                 focus_curve: bool = False, volume_skip: bool = False) -> None:
         super().__init__()
         self.num_hypotheses = int(num_hypotheses)
         #: D-blocks of the focus_volume input (ddfs_ros.focus_volume.FOCUS_VOLUME_MODES)
         self.focus_volume_modes = ('thin_lens', 'focus_curve') if focus_curve else ('thin_lens',)
-        self.net = UNet2D(3 + (1 + len(self.focus_volume_modes)) * self.num_hypotheses, self.num_hypotheses, widths)
+        blocks = 1 + len(self.focus_volume_modes)
+        self.net = UNet2D(3 + blocks * self.num_hypotheses, self.num_hypotheses, widths)
+        self.skip = nn.Parameter(torch.zeros(blocks)) if volume_skip else None
 
     def forward(self, image: torch.Tensor, cost_volume: torch.Tensor, depths: torch.Tensor,
                 focus_volume: torch.Tensor):
         # Low cost = likely depth; the network sees it as is and learns the sign.
         x = torch.cat([_normalise(image), cost_volume, focus_volume], dim=1)
         # fp32 from here on: under bf16 autocast (training) the expectation would lose ~0.4 %
-        prob = torch.softmax(self.net(x).float(), dim=1)
+        logits = self.net(x).float()
+        if self.skip is not None:
+            vol = torch.cat([cost_volume, focus_volume], dim=1).float()
+            B, _, H, W = vol.shape
+            vol = vol.reshape(B, -1, self.num_hypotheses, H, W)
+            logits = logits + SKIP_GAIN * (self.skip.view(1, -1, 1, 1, 1) * vol).sum(dim=1)
+        prob = torch.softmax(logits, dim=1)
         depth, unc = expectation_in_dioptres(prob, depths.float())
         if self.training:
             return {'depth': depth, 'uncertainty': unc, 'prob': prob}
@@ -142,15 +169,30 @@ class FocusStackNet(nn.Module):
     """DFV at full resolution on a fixed-F stack sorted near to far (family ``dfv``).
 
     ``forward(stack B x F x 3 x H x W in [0,1], focus B x F (m, ascending))``.
+
+    ``extrapolate = E``: E more bins past each end of the sweep
+    (:func:`ddfs_ros.focus_bins.extrapolated_focus`), their logits from the F frame
+    logits by two 3x3 convolutions (the shape of the focus curve at the sweep's end says
+    how far past it the peak lies); a deviation from DFV, whose depth cannot leave the
+    focus range.  The last convolution starts at zero weight and a bias of
+    :data:`EXTRAP_INIT_LOGIT`, so a grown network starts where the old one was.
     """
 
     arch = 'dfv_lite'
+    growth_keys = ('extrap.',)
 
     def __init__(self, num_frames: int = 5, widths: Sequence[int] = (16, 24, 32, 48), feat: int = 16,
-                 agg: int = 16, use_diff: bool = True) -> None:
+                 agg: int = 16, use_diff: bool = True, extrapolate: int = 0) -> None:
         super().__init__()
         self.num_frames = int(num_frames)
         self.use_diff = bool(use_diff)
+        self.extrapolate = int(extrapolate)
+        self.extrap = None
+        if self.extrapolate > 0:
+            self.extrap = nn.Sequential(nn.Conv2d(self.num_frames, 16, 3, padding=1), nn.ReLU(inplace=True),
+                                        nn.Conv2d(16, 2 * self.extrapolate, 3, padding=1))
+            nn.init.zeros_(self.extrap[2].weight)
+            nn.init.constant_(self.extrap[2].bias, EXTRAP_INIT_LOGIT)
         self.features = UNet2D(3, feat, widths)
         self.agg = nn.Sequential(
             nn.Conv3d(feat, agg, 3, padding=1, bias=False), nn.BatchNorm3d(agg), nn.ReLU(inplace=True),
@@ -164,8 +206,14 @@ class FocusStackNet(nn.Module):
         if self.use_diff:
             f = torch.cat([f[:, :, :-1] - f[:, :, 1:], f[:, :, -1:]], dim=2)
         logits = self.agg(f)[:, 0].float()                                  # B x F x H x W
+        bins = focus.float()
+        if self.extrap is not None:
+            E = self.extrapolate
+            x = self.extrap(logits)                                          # B x 2E x H x W
+            logits = torch.cat([x[:, :E], logits, x[:, E:]], dim=1)          # near bins, frames, far bins
+            bins = extrapolated_focus(bins, E)
         prob = torch.softmax(logits, dim=1)
-        depth, unc = expectation_in_dioptres(prob, focus.float())
+        depth, unc = expectation_in_dioptres(prob, bins)
         if self.training:
             return {'depth': depth, 'uncertainty': unc, 'prob': prob}
         return depth, unc
