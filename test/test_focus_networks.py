@@ -150,6 +150,19 @@ def test_volume_skip_starts_as_the_old_network_and_hands_a_curve_to_the_logits()
         load_grown(build('ddfs', kw), {k: v for k, v in old.state_dict().items() if k != 'net.head.bias'})
 
 
+def test_grown_parameters_get_their_own_learning_rate_group():
+    from training.train_focus import build, param_groups
+
+    model = build('dfv', {'num_frames': 3, 'widths': (8, 8, 8, 8), 'feat': 4, 'agg': 4, 'extrapolate': 1})
+    names = {id(p): k for k, p in model.named_parameters()}
+    old, new = param_groups(model, 10.0)
+    assert new['lr_scale'] == 10.0 and old['lr_scale'] == 1.0
+    assert {names[id(p)] for p in new['params']} == {k for k in names.values() if k.startswith('extrap.')}
+    # one group: the model's own order, which a saved optimiser state refers to
+    (one,) = param_groups(model, 1.0)
+    assert [id(p) for p in one['params']] == [id(p) for p in model.parameters()]
+
+
 def test_extrapolated_focus_bins_are_uniform_in_dioptres_and_stop_short_of_infinity():
     from ddfs_ros.focus_bins import extrapolated_focus
 

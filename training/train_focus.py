@@ -101,6 +101,22 @@ def validate(model: torch.nn.Module, family: str, data: ShardDataset, batch: int
     return {'abs_rel': float(np.mean(absrel)), 'delta1': float(np.mean(d1)), 'count': len(absrel)}
 
 
+def param_groups(model: torch.nn.Module, growth_lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: the parameters a grown network added (``growth_keys``) learn
+    ``growth_lr_scale`` times faster (they start from nothing while the rest is trained;
+    measured: the dfv extrapolation bias moved 0.003 in 500 steps at the base rate)."""
+    prefixes = tuple(getattr(model, 'growth_keys', ()))
+    named = list(model.named_parameters())
+    new = [p for k, p in named if prefixes and k.startswith(prefixes)]
+    old = [p for k, p in named if not (prefixes and k.startswith(prefixes))]
+    groups = [{'params': old, 'lr_scale': 1.0}]
+    if new and growth_lr_scale != 1.0:
+        groups.append({'params': new, 'lr_scale': float(growth_lr_scale)})
+    else:
+        groups[0]['params'] = [p for _, p in named]       # the order an optimiser state was saved in
+    return groups
+
+
 def load_grown(model: torch.nn.Module, state: dict) -> bool:
     """Load ``state``; a weight with fewer input channels than the model's (a network given
     more inputs, e.g. ``focus_curve``) fills the leading channels and the new ones start
@@ -176,7 +192,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     torch.manual_seed(int(t.get('seed', 0)))
 
     model = build(family, conf['model'].get('kwargs', {}))
-    opt = torch.optim.AdamW(model.parameters(), lr=float(t['lr']), weight_decay=float(t.get('weight_decay', 1e-4)))
+    opt = torch.optim.AdamW(param_groups(model, float(t.get('growth_lr_scale', 1.0))), lr=float(t['lr']),
+                            weight_decay=float(t.get('weight_decay', 1e-4)))
     samples, best, wall0, selected_on = 0, float('inf'), 0.0, None
     rewarm_from = None     # a fresh optimiser on trained weights ramps its rate up again
     # last.pt holds the optimiser too; the committed weights (a fresh clone) only the model
@@ -186,8 +203,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if load_grown(model, ck['model']):
             print('resumed into a grown model (new inputs or parameters): optimiser state restarted', flush=True)
             rewarm_from = ck['samples']
-        elif 'opt' in ck:
+        elif 'opt' in ck and len(ck['opt']['param_groups']) == len(opt.param_groups):
             opt.load_state_dict(ck['opt'])
+        else:
+            print('resumed with other parameter groups: optimiser state restarted', flush=True)
+            rewarm_from = ck['samples']
         samples, best, wall0 = ck['samples'], ck.get('best', best), ck.get('wall_s', 0.0)
         selected_on = ck.get('selected_on')
     log = open(out / 'log.txt', 'a')
@@ -256,7 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             if rewarm_from is not None and samples - rewarm_from < warmup:
                 lr *= 0.1 + 0.9 * (samples - rewarm_from) / warmup
             for g in opt.param_groups:
-                g['lr'] = lr
+                g['lr'] = lr * g.get('lr_scale', 1.0)
             # bf16 autocast: ~2x per step on CPUs with AMX / AVX512-BF16 (measured, training/README.md)
             with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
                 o = forward(model, family, b)
