@@ -147,6 +147,23 @@ def test_bag_without_ground_truth_gives_latency_and_coverage(tmp_path):
     assert 'no depth_gt' in (tmp_path / 'r' / 'report.md').read_text()
 
 
+def test_offline_runs_the_engine_at_the_processing_width_asked(tmp_path, cost_argmin_engines):
+    out = tmp_path / 'bag'
+    assert bag_cli.main(['make', str(out), '--source', 'procedural', '--stacks', '1', '--size', '64x64',
+                         '--focus', '0.5,1.0,2.0']) == 0
+    depth = {}
+    for width in (32, 64):
+        rep = tmp_path / f'w{width}'
+        assert cli.main(['offline', str(out), '--engine', str(cost_argmin_engines['dynamic']), '--backend', 'onnxruntime',
+                         '--baseline', 'none', '--max-relative-uncertainty', '0', '--processing-width', str(width),
+                         '--report', str(rep),
+                         '--json', str(tmp_path / f'w{width}.json')]) == 0
+        assert f'processing_width {width} px' in (rep / 'report.md').read_text()
+        depth[width] = next(iter(_rows(tmp_path / f'w{width}.json').values()))
+    # the same engine at half the width sees half the blur: another answer, same coverage rules
+    assert depth[32]['n'] == depth[64]['n'] == 1 and depth[32]['absrel'] != depth[64]['absrel']
+
+
 @pytest.mark.slow
 def test_camera_shift_protocol_table(tmp_path, tiny_engines):
     from ddfs_ros.eval.protocol import SETTINGS, run_camera_shift

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--timeout', type=float, default=30.0, help='seconds to wait for a stack\'s depth')
     o = sub.add_parser('offline', help='the same scoring through the pipeline, without ROS')
     _add_common(o)
+    o.add_argument('--processing-width', type=int, default=None, metavar='PX',
+                   help="width the engines run at (the node parameter processing_width; default the node's)")
     pr = sub.add_parser('protocol', help='run an evaluation protocol')
     pr.add_argument('name', choices=('camera-shift',))
     pr.add_argument('--engine', action='append', default=[], metavar='MANIFEST')
@@ -133,8 +135,10 @@ def cmd_score(args) -> int:
         runs, samples = evaluate_offline(args.bag, args.engine, backend=args.backend, baseline=baselines,
                                          namespace=info.namespace, hypothesis_mode=mode,
                                          grid_stacks=args.grid_stacks, progress=sys.stderr.isatty(),
-                                         max_relative_uncertainty=args.max_relative_uncertainty)
-        mode_text = 'offline (DepthPipeline, no ROS)'
+                                         max_relative_uncertainty=args.max_relative_uncertainty,
+                                         processing_width=args.processing_width)
+        mode_text = 'offline (DepthPipeline, no ROS)' + \
+            (f', processing_width {args.processing_width} px' if args.processing_width else '')
     rows = write_report(args.report, str(args.bag), runs, samples, has_gt=info.has_depth_gt, mode=mode_text,
                         notes=notes, info={'namespace': info.namespace, 'storage': info.storage,
                                            'hypotheses': args.hypotheses, 'backend requested': args.backend,

@@ -43,17 +43,20 @@ def parse_hypothesis_mode(text: str):
 
 
 def load_pipeline(engine_path, backend: str = 'auto', hypothesis_mode=DEFAULT_HYPOTHESIS_MODE,
-                  device: Optional[str] = None, max_relative_uncertainty: Optional[float] = None):
+                  device: Optional[str] = None, max_relative_uncertainty: Optional[float] = None,
+                  processing_width: Optional[int] = None):
     """A DepthPipeline on the engine, with the node's defaults.
 
     ``max_relative_uncertainty``: None keeps the node's default (0.5); 0 turns the
-    uncertainty mask off (as the node parameter of the same name).
+    uncertainty mask off (as the node parameter of the same name).  ``processing_width``
+    (px): None keeps the node's default.
     """
     from ..engines import load_engine
     from ..pipeline import DEFAULT_MAX_RELATIVE_UNCERTAINTY, DepthPipeline
     engine = load_engine(engine_path, backend=backend, device=device)
     rel = DEFAULT_MAX_RELATIVE_UNCERTAINTY if max_relative_uncertainty is None else max_relative_uncertainty
-    return DepthPipeline(engine, hypothesis_mode=hypothesis_mode, max_relative_uncertainty=rel or None)
+    width = {} if processing_width is None else {'processing_width': int(processing_width)}
+    return DepthPipeline(engine, hypothesis_mode=hypothesis_mode, max_relative_uncertainty=rel or None, **width)
 
 
 def method_names(engine_paths: Sequence) -> list[str]:
@@ -216,7 +219,7 @@ def bag_stacks(bag, namespace: Optional[str] = None) -> Callable[[], Iterable[Ba
 def evaluate_offline(bag, engines: Sequence = (), backend: str = 'auto', baseline=False,
                      namespace: Optional[str] = None, hypothesis_mode=DEFAULT_HYPOTHESIS_MODE,
                      device: Optional[str] = None, grid_stacks: int = GRID_STACKS, progress: bool = False,
-                     max_relative_uncertainty: Optional[float] = None):
+                     max_relative_uncertainty: Optional[float] = None, processing_width: Optional[int] = None):
     """Score every engine (and the baselines) on every stack of ``bag``.
 
     ``baseline``: False or [] = none, True = all of :data:`BASELINES`, or a list of their keys.
@@ -226,7 +229,7 @@ def evaluate_offline(bag, engines: Sequence = (), backend: str = 'auto', baselin
     runs, samples = [], {}
     stacks = bag_stacks(bag, namespace)
     for name, path in zip(method_names(engines), engines):
-        pipe = load_pipeline(path, backend, hypothesis_mode, device, max_relative_uncertainty)
+        pipe = load_pipeline(path, backend, hypothesis_mode, device, max_relative_uncertainty, processing_width)
         run, smp = run_method(stacks(), name, pipeline_predict(pipe),
                               backend=pipe.engine.backend_name, grid_stacks=grid_stacks, progress=progress)
         runs.append(run)
