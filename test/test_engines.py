@@ -47,6 +47,20 @@ def test_manifest_loads_and_checks_shapes(tiny_engines):
     assert d.num_frames == 5 and not d.uses_cost_volume
 
 
+def test_extrapolate_bins_only_for_frame_based_engines(tiny_engines, tmp_path):
+    assert load_manifest(tiny_engines['dfv']).extrapolate_bins == 0
+    for family, value, ok in (('dfv', 2, True), ('dfv', -1, False), ('ddfs', 2, False)):
+        folder = tmp_path / f'{family}{value}'
+        folder.mkdir()
+        path, m = _copy_engine(tiny_engines[family], folder)
+        path.write_text(json.dumps({**m, 'extrapolate_bins': value}))
+        if ok:
+            assert load_manifest(path).extrapolate_bins == value
+        else:
+            with pytest.raises(EngineError, match='extrapolate_bins'):
+                load_manifest(path)
+
+
 @pytest.mark.parametrize('family', ['ddfs', 'dfv', 'dfv_cv'])
 def test_onnxruntime_and_torch_agree(tiny_engines, family):
     ort = load_engine(tiny_engines[family], backend='onnxruntime', fallback=False)
