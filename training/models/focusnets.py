@@ -172,10 +172,12 @@ class FocusStackNet(nn.Module):
 
     ``extrapolate = E``: E more bins past each end of the sweep
     (:func:`ddfs_ros.focus_bins.extrapolated_focus`), their logits from the F frame
-    logits by two 3x3 convolutions (the shape of the focus curve at the sweep's end says
-    how far past it the peak lies); a deviation from DFV, whose depth cannot leave the
-    focus range.  The last convolution starts at zero weight and a bias of
-    :data:`EXTRAP_INIT_LOGIT`, so a grown network starts where the old one was.
+    logits and the last 3D layer's ``agg`` features of every frame by two 3x3
+    convolutions (how the focus evidence changes towards the sweep's ends says how far
+    past them the peak lies; the frame logits alone are not smooth enough to extrapolate);
+    a deviation from DFV, whose depth cannot leave the focus range.  The last
+    convolution starts at zero weight and a bias of :data:`EXTRAP_INIT_LOGIT`, so a grown
+    network starts where the old one was.
     """
 
     arch = 'dfv_lite'
@@ -189,7 +191,8 @@ class FocusStackNet(nn.Module):
         self.extrapolate = int(extrapolate)
         self.extrap = None
         if self.extrapolate > 0:
-            self.extrap = nn.Sequential(nn.Conv2d(self.num_frames, 16, 3, padding=1), nn.ReLU(inplace=True),
+            self.extrap = nn.Sequential(nn.Conv2d(self.num_frames * (1 + int(agg)), 16, 3, padding=1),
+                                        nn.ReLU(inplace=True),
                                         nn.Conv2d(16, 2 * self.extrapolate, 3, padding=1))
             nn.init.zeros_(self.extrap[2].weight)
             nn.init.constant_(self.extrap[2].bias, EXTRAP_INIT_LOGIT)
@@ -205,11 +208,12 @@ class FocusStackNet(nn.Module):
         f = f.reshape(B, Fr, -1, H, W).transpose(1, 2)                     # B x C x F x H x W
         if self.use_diff:
             f = torch.cat([f[:, :, :-1] - f[:, :, 1:], f[:, :, -1:]], dim=2)
-        logits = self.agg(f)[:, 0].float()                                  # B x F x H x W
+        hidden = self.agg[:-1](f)                                            # B x agg x F x H x W
+        logits = self.agg[-1](hidden)[:, 0].float()                          # B x F x H x W
         bins = focus.float()
         if self.extrap is not None:
             E = self.extrapolate
-            x = self.extrap(logits)                                          # B x 2E x H x W
+            x = self.extrap(torch.cat([logits, hidden.flatten(1, 2).float()], dim=1))   # B x 2E x H x W
             logits = torch.cat([x[:, :E], logits, x[:, E:]], dim=1)          # near bins, frames, far bins
             bins = extrapolated_focus(bins, E)
         prob = torch.softmax(logits, dim=1)
