@@ -204,7 +204,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             print('resumed into a grown model (new inputs or parameters): optimiser state restarted', flush=True)
             rewarm_from = ck['samples']
         elif 'opt' in ck and len(ck['opt']['param_groups']) == len(opt.param_groups):
+            scales = [g['lr_scale'] for g in opt.param_groups]       # the config's, not the saved ones
             opt.load_state_dict(ck['opt'])
+            for g, sc in zip(opt.param_groups, scales):
+                g['lr_scale'] = sc
         else:
             print('resumed with other parameter groups: optimiser state restarted', flush=True)
             rewarm_from = ck['samples']
