@@ -154,10 +154,11 @@ class CostFocusUNet(nn.Module):
         # fp32 from here on: under bf16 autocast (training) the expectation would lose ~0.4 %
         logits = self.net(x).float()
         if self.skip is not None:
-            vol = torch.cat([cost_volume, focus_volume], dim=1).float()
-            B, _, H, W = vol.shape
-            vol = vol.reshape(B, -1, self.num_hypotheses, H, W)
-            logits = logits + SKIP_GAIN * (self.skip.view(1, -1, 1, 1, 1) * vol).sum(dim=1)
+            # one multiply-add per D-block: a cat + 5-D reduction here cost torch bf16 +77 % per stack
+            D, w = self.num_hypotheses, SKIP_GAIN * self.skip
+            logits = logits + w[0] * cost_volume.float()
+            for b in range(len(self.focus_volume_modes)):
+                logits = logits + w[b + 1] * focus_volume[:, b * D:(b + 1) * D].float()
         prob = torch.softmax(logits, dim=1)
         depth, unc = expectation_in_dioptres(prob, depths.float())
         if self.training:
