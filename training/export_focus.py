@@ -36,7 +36,7 @@ from ddfs_ros.engines.manifest import add_artifact_hashes
 from ddfs_ros.optics import FOCUS_SPAN_MARGIN, FOCUS_SPAN_MIN_RELATIVE, hypotheses_from_focus_span
 
 from .export import OPSET, _Eval, export_onnx, export_torch_program
-from .models.focusnets import SIZE_MULTIPLE
+from .models.focusnets import SIZE_MULTIPLE, focus_volume_modes
 from .train_focus import build
 
 #: Sizes the exported graph is checked on against torch eager ((H, W) pairs).
@@ -100,7 +100,7 @@ def export_checkpoint(ckpt_path: Path | str, onnx_path: Path | str, torch_progra
     d = conf['data']
     size = int(d.get('size', 96))
     num = int(kwargs.get('num_hypotheses', 32)) if family == 'ddfs' else int(kwargs.get('num_frames', 5))
-    modes = list(getattr(model, 'focus_volume_modes', ('thin_lens',)))
+    modes = list(focus_volume_modes(model))
     inputs = example_inputs(family, num, size, size, fv_blocks=len(modes))
     export_onnx(model, inputs, onnx_path, dynamic_axes=spatial_axes(inputs))
     prog = (export_torch_program(model, inputs, onnx_path.with_suffix('.pt2'), dynamic_shapes=spatial_dims(inputs))
@@ -174,7 +174,7 @@ def validation_uncertainty(model: torch.nn.Module, family: str, cache: Path,
     """
     from .stack_data import ShardDataset
     from .train_focus import forward
-    data = ShardDataset(cache, 'val', family, focus_modes=getattr(model, 'focus_volume_modes', ('thin_lens',)))
+    data = ShardDataset(cache, 'val', family, focus_modes=focus_volume_modes(model))
     model.eval()
     err, rel_unc, inside = [], [], []
     for i in range(len(data)):

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from ddfs_ros.focus_bins import extrapolated_focus
 
-from .models.focusnets import CostFocusUNet, FocusStackNet
+from .models.focusnets import CostFocusUNet, FocusStackNet, focus_volume_modes
 from .stack_data import ShardDataset, data_parts, validation_parts
 
 
@@ -227,7 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # Validation: part 0's split (the curve, comparable across sessions) and the split of
     # every part marked ``val: true``; checkpoints are chosen on all of them pooled.
     val_folders = [parts[i][1] for i in validation_parts(conf['data'])]
-    modes = getattr(model, 'focus_volume_modes', ('thin_lens',))
+    modes = focus_volume_modes(model)
     vals = [ShardDataset(f, 'val', family, focus_modes=modes) for f in val_folders]
     selection = [f.name for f in val_folders]
     fm_path = out / 'focus_measure_val.json'

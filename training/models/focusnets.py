@@ -116,6 +116,12 @@ def expectation_in_dioptres(prob: torch.Tensor, values_m: torch.Tensor) -> tuple
     return 1.0 / u, torch.sqrt(var_u.clamp_min(1e-12)) / (u * u)
 
 
+def focus_volume_modes(model: nn.Module) -> tuple:
+    """The focus-volume D-blocks ``model`` takes (:class:`CostFocusUNet`'s ``focus_volume_modes``;
+    ``('thin_lens',)`` for a network without the attribute, whose data pipeline ignores it)."""
+    return tuple(getattr(model, 'focus_volume_modes', ('thin_lens',)))
+
+
 class CostFocusUNet(nn.Module):
     """[reference RGB, cost volume, focus volume] -> softmax over D -> depth (family ``ddfs``).
 
