@@ -101,20 +101,23 @@ def validate(model: torch.nn.Module, family: str, data: ShardDataset, batch: int
     return {'abs_rel': float(np.mean(absrel)), 'delta1': float(np.mean(d1)), 'count': len(absrel)}
 
 
+def is_growth_parameter(model: torch.nn.Module, name: str) -> bool:
+    """Whether parameter ``name`` is one the model may add when grown (its ``growth_keys`` prefixes)."""
+    prefixes = tuple(getattr(model, 'growth_keys', ()))
+    return bool(prefixes) and name.startswith(prefixes)
+
+
 def param_groups(model: torch.nn.Module, growth_lr_scale: float = 1.0) -> list[dict]:
     """AdamW groups: the parameters a grown network added (``growth_keys``) learn
     ``growth_lr_scale`` times faster (they start from nothing while the rest is trained;
     measured: the dfv extrapolation bias moved 0.003 in 500 steps at the base rate)."""
-    prefixes = tuple(getattr(model, 'growth_keys', ()))
     named = list(model.named_parameters())
-    new = [p for k, p in named if prefixes and k.startswith(prefixes)]
-    old = [p for k, p in named if not (prefixes and k.startswith(prefixes))]
-    groups = [{'params': old, 'lr_scale': 1.0}]
-    if new and growth_lr_scale != 1.0:
-        groups.append({'params': new, 'lr_scale': float(growth_lr_scale)})
-    else:
-        groups[0]['params'] = [p for _, p in named]       # the order an optimiser state was saved in
-    return groups
+    growth = [p for k, p in named if is_growth_parameter(model, k)]
+    if not growth or growth_lr_scale == 1.0:
+        # one group in the model's own order, which a saved optimiser state refers to
+        return [{'params': [p for _, p in named], 'lr_scale': 1.0}]
+    return [{'params': [p for k, p in named if not is_growth_parameter(model, k)], 'lr_scale': 1.0},
+            {'params': growth, 'lr_scale': float(growth_lr_scale)}]
 
 
 def load_grown(model: torch.nn.Module, state: dict) -> bool:
@@ -124,10 +127,9 @@ def load_grown(model: torch.nn.Module, state: dict) -> bool:
     model lists in ``growth_keys`` (prefixes) and the state lacks keep their initial
     values, which the model chose so that it starts where the old one was.  True if grown."""
     own = model.state_dict()
-    prefixes = tuple(getattr(model, 'growth_keys', ()))
     new = [k for k in own if k not in state]
-    if any(not (prefixes and k.startswith(prefixes)) for k in new):
-        raise ValueError(f'checkpoint lacks {new}; only {list(prefixes)} may be new')
+    if not all(is_growth_parameter(model, k) for k in new):
+        raise ValueError(f'checkpoint lacks {new}; only {list(getattr(model, "growth_keys", ()))} may be new')
     grown = bool(new)
     state = {**state, **{k: own[k] for k in new}}
     for k, v in state.items():
