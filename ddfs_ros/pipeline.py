@@ -48,6 +48,7 @@ from .align import align_focal_stack, check_align_mode
 from .cost_volume import CostVolume
 from .focus_bins import extrapolated_focus
 from .focus_volume import focus_volume
+from .network_inputs import frame_inputs_of
 from .optics import (FOCUS_SPAN_MARGIN, FOCUS_SPAN_MIN_RELATIVE, LensModel, depth_hypotheses,
                      hypotheses_from_focus_span, scale_hypotheses_to_focus)
 from .stack import FocalStack, StackError
@@ -289,6 +290,10 @@ class DepthPipeline:
             raise StackError('frame_count_mismatch',
                              f'engine {self.manifest.name} takes exactly {F} frames, the stack has '
                              f'{stack.num_frames}')
+        M = self.manifest.max_frames
+        if M is not None and stack.num_frames > M:
+            raise StackError('frame_count_mismatch',
+                             f'engine {self.manifest.name} takes at most {M} frames, the stack has {stack.num_frames}')
 
     @staticmethod
     def _sync(device: torch.device) -> None:
@@ -355,6 +360,8 @@ class DepthPipeline:
                 inputs['focus_volume'] = focus_volume(frames, stack.focus_m, stack.per_frame_f_numbers(),
                                                       lens.focal_length_m, lens.pixel_pitch_m, hyp,
                                                       modes=m.focus_volume_modes)[None]
+            if 'frames' in m.inputs:
+                inputs.update({k: v[None] for k, v in frame_inputs_of(frames, stack.focus_m, hyp).items()})
             lo, hi = float(hyp.min()), float(hyp.max())
         else:
             focus_t = torch.as_tensor(stack.focus_m, dtype=torch.float32, device=device)[None]

@@ -150,6 +150,47 @@ def test_volume_skip_starts_as_the_old_network_and_hands_a_curve_to_the_logits()
         load_grown(build('ddfs', kw), {k: v for k, v in old.state_dict().items() if k != 'net.head.bias'})
 
 
+def test_learned_focus_curves_start_as_the_old_network_ignore_padding_and_follow_the_sharpest_frame():
+    from ddfs_ros.network_inputs import frame_inputs_of
+    from training.train_focus import build, load_grown
+
+    kw = {'num_hypotheses': 8, 'widths': (8, 8, 8, 8), 'focus_curve': True, 'volume_skip': True}
+    torch.manual_seed(0)
+    old = build('ddfs', kw).eval()
+    new = build('ddfs', {**kw, 'frame_features': 2}).eval()
+    assert new.uses_frames and not old.uses_frames and load_grown(new, old.state_dict())
+    img, cv, fv = torch.rand(1, 3, 16, 16), torch.rand(1, 8, 16, 16), torch.rand(1, 16, 16, 16)
+    hyps = hypotheses_from_focus_span([0.5, 2.0], 8)
+    d = torch.as_tensor(hyps, dtype=torch.float32)[None]
+    focus = 1.0 / np.linspace(1 / 0.5, 1 / 2.0, 4)
+    frames = torch.rand(4, 3, 16, 16)
+    x = {k: v[None] for k, v in frame_inputs_of(frames, focus, hyps).items()}
+    padded = {k: v[None] for k, v in frame_inputs_of(frames, focus, hyps, pad_frames=7).items()}
+    assert padded['frames'].shape == (1, 7, 3, 16, 16) and not padded['curve_weights'][0, :, 4:].any()
+    with torch.no_grad():
+        torch.testing.assert_close(old(img, cv, d, fv)[0], new(img, cv, d, fv, x['frames'], x['curve_weights'])[0])
+        v = new.learned_focus_curves(x['frames'], x['curve_weights'])
+        torch.testing.assert_close(v, new.learned_focus_curves(padded['frames'], padded['curve_weights']))
+        # a per-frame score that singles out frame 2 (brightness through identity-like layers):
+        # the learned curve peaks at that frame's focus distance
+        new.frame_net[2].weight.zero_()
+        new.frame_net[2].bias.zero_()
+        lifted = x['frames'].clone()
+        lifted[:, 2] += 1.0
+        new.frame_net[0][0].weight.zero_()
+        new.frame_net[0][0].weight[:, :, 1, 1] = 1.0
+        new.frame_net[1][0].weight.zero_()
+        new.frame_net[1][0].weight[:, :, 1, 1] = torch.eye(new.frame_net[1][0].weight.shape[0])
+        new.frame_net[2].weight[:, :, 1, 1] = 1.0
+        peak = new.learned_focus_curves(lifted, x['curve_weights'])[0, :8, 8, 8].argmax()
+    assert abs(1 / hyps[int(peak)] - 1 / focus[2]) <= 0.5 * abs(1 / hyps[1] - 1 / hyps[0]) + 1e-9
+    # an aperture pair has no focus curve: the learned block is zero, not NaN
+    pair = {k: v[None] for k, v in frame_inputs_of(frames[:2], [1.7, 1.7], hyps).items()}
+    with torch.no_grad():
+        z = new.learned_focus_curves(pair['frames'], pair['curve_weights'])
+    assert torch.isfinite(z).all() and not z.any()
+
+
 def test_grown_parameters_get_their_own_learning_rate_group():
     from training.train_focus import build, param_groups
 
@@ -314,25 +355,29 @@ def test_shards_of_several_folders_make_one_dataset_and_a_bf16_step_learns(tmp_p
 
 @pytest.mark.slow
 @needs_textures
-@pytest.mark.parametrize('family', ['ddfs', 'dfv', 'ddfs_curve', 'dfv_extrapolate'])
+@pytest.mark.parametrize('family', ['ddfs', 'dfv', 'ddfs_curve', 'dfv_extrapolate', 'ddfs_frames'])
 def test_export_is_dynamic_in_height_and_width_and_matches_eager(tmp_path, family):
     from ddfs_ros.engines.manifest import load_manifest
     from training.export_focus import export_checkpoint
     from training.stack_data import StackDataConfig, write_shard
     from training.train_focus import build
 
-    curve, extrapolate = family == 'ddfs_curve', family == 'dfv_extrapolate'
-    family = {'ddfs_curve': 'ddfs', 'dfv_extrapolate': 'dfv'}.get(family, family)
+    frames = family == 'ddfs_frames'
+    curve, extrapolate = family in ('ddfs_curve', 'ddfs_frames'), family == 'dfv_extrapolate'
+    family = {'ddfs_curve': 'ddfs', 'dfv_extrapolate': 'dfv', 'ddfs_frames': 'ddfs'}.get(family, family)
     cfg = StackDataConfig(family=family, size=32, frames=(2, 4) if family == 'ddfs' else 3, num_hypotheses=8,
                           sources={'procedural': 1.0})
     write_shard(cfg, 'val', 0, 0, tmp_path / 'cache', shard_size=3)
-    kwargs = ({'num_hypotheses': 8, 'widths': [8, 8, 8, 8], **({'focus_curve': True, 'volume_skip': True} if curve else {})}
+    kwargs = ({'num_hypotheses': 8, 'widths': [8, 8, 8, 8], **({'focus_curve': True, 'volume_skip': True} if curve else {}),
+               **({'frame_features': 2} if frames else {})}
               if family == 'ddfs' else {'num_frames': 3, 'widths': [8, 8, 8, 8], 'feat': 4, 'agg': 4,
                                         **({'extrapolate': 2} if extrapolate else {})})
     model = build(family, kwargs)
     with torch.no_grad():    # non-zero skip weights and far bins that win: the export must carry both
         if curve:
             model.skip.copy_(torch.tensor([0.1, 0.2, 0.3]))
+        if frames:
+            model.skip_frames.copy_(torch.tensor([0.4, -0.2]))
         if extrapolate:
             model.extrap[2].bias.copy_(torch.tensor([-5.0, -5.0, -5.0, 8.0]))
     conf = {'name': 'tiny', 'model': {'family': family, 'arch': 'x', 'kwargs': kwargs},
@@ -343,19 +388,21 @@ def test_export_is_dynamic_in_height_and_width_and_matches_eager(tmp_path, famil
     m = json.loads(man.read_text())
     assert m['dynamic_size'] and m['size_multiple'] == 8
     assert max(m['onnx_vs_torch_max_abs_diff_m'].values()) < 1e-3
-    assert set(m['onnx_vs_torch_max_abs_diff_m']) == {'64x64', '96x128', '480x640'}
+    assert set(m['onnx_vs_torch_max_abs_diff_m']) == ({'64x64x5f', '96x128x3f', '480x640x8f'} if frames
+                                                      else {'64x64', '96x128', '480x640'})
     loaded = load_manifest(man)
     assert loaded.dynamic_size and (family != 'ddfs' or 'focus_volume' in loaded.inputs)
     if family == 'ddfs':
         modes = ['thin_lens', 'focus_curve'] if curve else ['thin_lens']
         assert m['focus_volume_modes'] == modes and list(loaded.focus_volume_modes) == modes
         assert loaded.inputs['focus_volume'][1] == 8 * len(modes)
+        assert (loaded.max_frames, 'frames' in loaded.inputs) == ((16, True) if frames else (None, False))
     # the node's pipeline feeds it (focus volume included) on a non-square stack, both backends
     from ddfs_ros.engines import load_engine
     from ddfs_ros.pipeline import DepthPipeline
     from ddfs_ros.stack import FocalStack
     rng = np.random.default_rng(0)
-    F = 4 if family == 'ddfs' else 3
+    F = 4 if family == 'ddfs' else 3        # the frames engine was exported with F = 5: its F axis is free
     stack = FocalStack(rng.random((F, 48, 72, 3), dtype=np.float32), 1.0 / np.linspace(2.0, 0.5, F),
                        LensModel(0.01, 2.0, 10e-6))
     results = []
@@ -367,5 +414,20 @@ def test_export_is_dynamic_in_height_and_width_and_matches_eager(tmp_path, famil
         results.append(r.depth)
     np.testing.assert_allclose(results[0], results[1], rtol=1e-3)
     assert loaded.extrapolate_bins == (2 if extrapolate else 0)
+    if frames:      # the frame axis is free, but the same on both frame inputs and within max_frames
+        from ddfs_ros.engines import EngineError, EngineInputError
+        from ddfs_ros.engines.cpu_preference import timing_inputs
+        engine = load_engine(man, backend='onnxruntime')
+        x = timing_inputs(loaded, (16, 24))
+        assert x['frames'].shape[1] == 5 and engine.infer(x)[0].shape == (1, 1, 16, 24)
+        for bad in ({**x, 'curve_weights': x['curve_weights'][..., :4]},
+                    {**x, 'frames': torch.rand(1, 17, 3, 16, 24), 'curve_weights': torch.rand(1, 8, 17)}):
+            with pytest.raises(EngineInputError, match='frames'):
+                engine.infer(bad)
+        broken = json.loads(man.read_text())
+        del broken['max_frames']
+        man.write_text(json.dumps(broken))
+        with pytest.raises(EngineError, match='max_frames'):
+            load_manifest(man, verify_sha256=False)
     if extrapolate:      # depth past the farthest focus survives the node's range mask
         assert np.nanmedian(results[0]) > 1.02 * stack.focus_m.max()

@@ -8,7 +8,9 @@ states ``size_multiple`` and the sizes it was checked on, ``validated_size``).  
 - family ``ddfs`` (arch ``unet_cv_fv``): ``image`` B x 3 x H x W (RGB in [0, 1]),
   ``cost_volume`` B x D x H x W (:class:`ddfs_ros.cost_volume.CostVolume`),
   ``depths`` B x D (m, the ``focus_span`` hypotheses), ``focus_volume`` B x D x H x W
-  (:func:`ddfs_ros.focus_volume.focus_volume`);
+  (:func:`ddfs_ros.focus_volume.focus_volume`); with learned focus curves also ``frames``
+  B x F x 3 x H x W (the stack, any F from 2 to ``max_frames``) and ``curve_weights``
+  B x D x F (:func:`ddfs_ros.network_inputs.frame_inputs_of`);
 - family ``dfv`` (arch ``dfv_lite``): ``stack`` B x F x 3 x H x W sorted near to far,
   ``focus`` B x F (m, ascending).
 
@@ -33,54 +35,83 @@ import numpy as np
 import torch
 
 from ddfs_ros.engines.manifest import add_artifact_hashes
+from ddfs_ros.network_inputs import frame_inputs_of
 from ddfs_ros.optics import FOCUS_SPAN_MARGIN, FOCUS_SPAN_MIN_RELATIVE, hypotheses_from_focus_span
 
 from .export import OPSET, _Eval, export_onnx, export_torch_program
-from .models.focusnets import SIZE_MULTIPLE, focus_volume_modes
+from .models.focusnets import SIZE_MULTIPLE, data_options, focus_volume_modes
 from .train_focus import build
 
 #: Sizes the exported graph is checked on against torch eager ((H, W) pairs).
 CHECK_SIZES = ((64, 64), (96, 128), (480, 640))
 
 
-def example_inputs(family: str, num: int, H: int, W: int, seed: int = 0, fv_blocks: int = 1) -> dict:
+def example_inputs(family: str, num: int, H: int, W: int, seed: int = 0, fv_blocks: int = 1,
+                   frames: int = 0) -> dict:
     """Plausible random inputs: ``num`` = D (cost-volume family) or F (DFV); ``fv_blocks``
-    D-blocks in the focus volume (one per focus-volume mode)."""
+    D-blocks in the focus volume (one per focus-volume mode); ``frames`` > 0: also
+    ``frames`` and ``curve_weights`` of that many frames (a network with learned focus curves)."""
     g = torch.Generator().manual_seed(seed)
     if family == 'dfv':
         focus = torch.as_tensor(1.0 / np.linspace(1 / 0.5, 1 / 2.0, num), dtype=torch.float32)[None]
         return {'stack': torch.rand(1, num, 3, H, W, generator=g), 'focus': focus}
-    d = torch.as_tensor(hypotheses_from_focus_span([0.5, 2.0], num), dtype=torch.float32)[None]
-    return {'image': torch.rand(1, 3, H, W, generator=g), 'cost_volume': torch.rand(1, num, H, W, generator=g),
-            'depths': d, 'focus_volume': torch.rand(1, fv_blocks * num, H, W, generator=g)}
+    d = hypotheses_from_focus_span([0.5, 2.0], num)
+    out = {'image': torch.rand(1, 3, H, W, generator=g), 'cost_volume': torch.rand(1, num, H, W, generator=g),
+           'depths': torch.as_tensor(d, dtype=torch.float32)[None],
+           'focus_volume': torch.rand(1, fv_blocks * num, H, W, generator=g)}
+    if frames:
+        x = frame_inputs_of(torch.rand(frames, 3, H, W, generator=g), 1.0 / np.linspace(1 / 0.5, 1 / 2.0, frames), d)
+        out.update({k: v[None] for k, v in x.items()})
+    return out
+
+
+#: Frame counts the exported graph of a network with learned focus curves is checked on
+#: (one per :data:`CHECK_SIZES` entry): the F axis is dynamic.
+CHECK_FRAMES = (5, 3, 8)
+#: Largest F the torch program and TensorRT profiles accept (``frames`` inputs).
+MAX_FRAMES = 16
 
 
 def spatial_axes(inputs: dict) -> dict:
-    """ONNX ``dynamic_axes``: the last two axes of every image-like input and of both outputs."""
+    """ONNX ``dynamic_axes``: the last two axes of every image-like input and of both
+    outputs, and the frame axis of ``frames`` / ``curve_weights``."""
     axes = {k: {v.dim() - 2: 'height', v.dim() - 1: 'width'} for k, v in inputs.items() if v.dim() >= 4}
+    if 'frames' in inputs:
+        axes['frames'][1] = 'frames'
+        axes['curve_weights'] = {2: 'frames'}
     return {**axes, 'depth': {2: 'height', 3: 'width'}, 'uncertainty': {2: 'height', 3: 'width'}}
 
 
 def spatial_dims(inputs: dict) -> list:
-    """``torch.export`` shapes: H and W free (multiples of :data:`SIZE_MULTIPLE`) on image-like inputs."""
+    """``torch.export`` shapes: H and W free (multiples of :data:`SIZE_MULTIPLE`) on image-like
+    inputs, F free (2 .. :data:`MAX_FRAMES`) on ``frames`` / ``curve_weights``."""
     from torch.export import Dim
     hb = Dim('hb', min=1, max=512)
     wb = Dim('wb', min=1, max=512)
-    return [{v.dim() - 2: SIZE_MULTIPLE * hb, v.dim() - 1: SIZE_MULTIPLE * wb} if v.dim() >= 4 else None
-            for v in inputs.values()]
+    nf = Dim('nf', min=2, max=MAX_FRAMES)
+    dims = []
+    for k, v in inputs.items():
+        spec = {v.dim() - 2: SIZE_MULTIPLE * hb, v.dim() - 1: SIZE_MULTIPLE * wb} if v.dim() >= 4 else None
+        if k == 'frames':
+            spec[1] = nf
+        elif k == 'curve_weights':
+            spec = {2: nf}
+        dims.append(spec)
+    return dims
 
 
-def max_abs_diff(path: Path, model: torch.nn.Module, family: str, num: int, fv_blocks: int = 1) -> dict:
-    """|onnxruntime - torch eager| (m) at each of :data:`CHECK_SIZES`."""
+def max_abs_diff(path: Path, model: torch.nn.Module, family: str, num: int, fv_blocks: int = 1,
+                 frames: bool = False) -> dict:
+    """|onnxruntime - torch eager| (m) at each of :data:`CHECK_SIZES` (and F of :data:`CHECK_FRAMES`)."""
     import onnxruntime as ort
     sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     out = {}
-    for H, W in CHECK_SIZES:
-        x = example_inputs(family, num, H, W, seed=1, fv_blocks=fv_blocks)
+    for (H, W), nf in zip(CHECK_SIZES, CHECK_FRAMES):
+        x = example_inputs(family, num, H, W, seed=1, fv_blocks=fv_blocks, frames=nf if frames else 0)
         got = sess.run(['depth', 'uncertainty'], {k: v.numpy() for k, v in x.items()})
         with torch.no_grad():
             ref = _Eval(model)(*x.values())
-        out[f'{H}x{W}'] = float(max(np.abs(g - r.numpy()).max() for g, r in zip(got, ref)))
+        out[f'{H}x{W}' + (f'x{nf}f' if frames else '')] = float(max(np.abs(g - r.numpy()).max() for g, r in zip(got, ref)))
     return out
 
 
@@ -101,11 +132,12 @@ def export_checkpoint(ckpt_path: Path | str, onnx_path: Path | str, torch_progra
     size = int(d.get('size', 96))
     num = int(kwargs.get('num_hypotheses', 32)) if family == 'ddfs' else int(kwargs.get('num_frames', 5))
     modes = list(focus_volume_modes(model))
-    inputs = example_inputs(family, num, size, size, fv_blocks=len(modes))
+    uses_frames = bool(getattr(model, 'uses_frames', False))
+    inputs = example_inputs(family, num, size, size, fv_blocks=len(modes), frames=CHECK_FRAMES[0] if uses_frames else 0)
     export_onnx(model, inputs, onnx_path, dynamic_axes=spatial_axes(inputs))
     prog = (export_torch_program(model, inputs, onnx_path.with_suffix('.pt2'), dynamic_shapes=spatial_dims(inputs))
             if torch_program else None)
-    diffs = max_abs_diff(onnx_path, model, family, num, fv_blocks=len(modes))
+    diffs = max_abs_diff(onnx_path, model, family, num, fv_blocks=len(modes), frames=uses_frames)
     shapes = {k: list(v.shape) for k, v in inputs.items()}
     # the focus range the network saw, for the node's from_focus rule and for users
     val_focus = _val_focus_range(Path(d['cache']))
@@ -134,6 +166,7 @@ def export_checkpoint(ckpt_path: Path | str, onnx_path: Path | str, torch_progra
         'max_coc_px': float(d.get('max_coc_px', 24.0)) if family == 'ddfs' else None,
         **({'focus_volume_modes': modes} if family == 'ddfs' else {}),
         **({'extrapolate_bins': int(model.extrapolate)} if getattr(model, 'extrapolate', 0) else {}),
+        **({'frame_features': int(model.frame_features), 'max_frames': MAX_FRAMES} if uses_frames else {}),
         'batch': 1,
         'params': int(sum(p.numel() for p in model.parameters())),
         'normalisation': 'RGB in [0, 1], ImageNet mean/std applied inside the graph; cost volume as '
@@ -174,7 +207,7 @@ def validation_uncertainty(model: torch.nn.Module, family: str, cache: Path,
     """
     from .stack_data import ShardDataset
     from .train_focus import forward
-    data = ShardDataset(cache, 'val', family, focus_modes=focus_volume_modes(model))
+    data = ShardDataset(cache, 'val', family, **data_options(model))
     model.eval()
     err, rel_unc, inside = [], [], []
     for i in range(len(data)):

@@ -330,12 +330,15 @@ class ShardDataset(Dataset):
     ``focus_volume`` D x h x w, ``depths`` D; DFV ``stack`` F x 3 x h x w, ``focus`` F;
     both ``gt`` h x w (m).  ``focus_modes``: the focus-volume blocks the network takes
     (its ``focus_volume_modes``), so ``focus_volume`` is (blocks * D) x h x w.
+    ``frame_inputs``: also ``frames`` F_max x 3 x h x w and ``curve_weights`` D x F_max,
+    padded to the shards' frame capacity (a network with learned focus curves).
     """
 
     def __init__(self, folder: Path | str | Sequence[Path | str], split: str, family: str,
                  crop: Optional[int] = None, seed: int = 0, max_shards: Optional[int] = None,
-                 focus_modes: Sequence[str] = ('thin_lens',)) -> None:
+                 focus_modes: Sequence[str] = ('thin_lens',), frame_inputs: bool = False) -> None:
         self.family, self.crop, self.focus_modes = family, crop, tuple(focus_modes)
+        self.frame_inputs = bool(frame_inputs)
         self.rng = np.random.default_rng(seed)
         folders = [folder] if isinstance(folder, (str, Path)) else list(folder)
         paths = [p for f in folders for p in sorted((Path(f) / split).glob('shard_[0-9][0-9][0-9][0-9].npz'))]
@@ -388,7 +391,8 @@ class ShardDataset(Dataset):
                 cost = cost.swapaxes(-1, -2) if cost is not None else None
         out = stack_inputs(self.family, np.ascontiguousarray(frames, dtype=np.float32) / 255.0, a['focus'][i, :F],
                            a['f_numbers'][i, :F], a['lens'][i], int(a['ref'][i]),
-                           a['depths'][i] if 'depths' in a else None, cost, self.focus_modes)
+                           a['depths'][i] if 'depths' in a else None, cost, self.focus_modes,
+                           frame_inputs=self.frame_inputs, pad_frames=a['frames'].shape[1])
         out['gt'] = torch.from_numpy(np.ascontiguousarray(gt, dtype=np.float32))
         return out
 

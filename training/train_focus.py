@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from ddfs_ros.focus_bins import extrapolated_focus
 
-from .models.focusnets import CostFocusUNet, FocusStackNet, focus_volume_modes
+from .models.focusnets import CostFocusUNet, FocusStackNet, data_options
 from .stack_data import ShardDataset, data_parts, validation_parts
 
 
@@ -50,6 +50,9 @@ def build(family: str, model_kwargs: dict) -> torch.nn.Module:
 def forward(model: torch.nn.Module, family: str, batch: dict):
     if family == 'dfv':
         return model(batch['stack'], batch['focus'])
+    if 'frames' in batch:
+        return model(batch['image'], batch['cost_volume'], batch['depths'], batch['focus_volume'],
+                     batch['frames'], batch['curve_weights'])
     return model(batch['image'], batch['cost_volume'], batch['depths'], batch['focus_volume'])
 
 
@@ -229,8 +232,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # Validation: part 0's split (the curve, comparable across sessions) and the split of
     # every part marked ``val: true``; checkpoints are chosen on all of them pooled.
     val_folders = [parts[i][1] for i in validation_parts(conf['data'])]
-    modes = focus_volume_modes(model)
-    vals = [ShardDataset(f, 'val', family, focus_modes=modes) for f in val_folders]
+    opts = data_options(model)
+    vals = [ShardDataset(f, 'val', family, **opts) for f in val_folders]
     selection = [f.name for f in val_folders]
     fm_path = out / 'focus_measure_val.json'
     if not fm_path.exists():
@@ -272,7 +275,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         # re-read the shards every pass: a renderer may have added some (the previous pass's
         # arrays go first: both at once would not fit in memory)
         data = loader = None
-        data = ShardDataset(train_folders, 'train', family, crop=crop, seed=samples, focus_modes=modes)
+        data = ShardDataset(train_folders, 'train', family, crop=crop, seed=samples, **opts)
         loader = DataLoader(data, batch_size=batch, shuffle=True, num_workers=int(t.get('workers', 1)),
                             drop_last=True, persistent_workers=False)
         say(f'pass over {data.num_shards} shards ({len(data)} stacks)')

@@ -5,7 +5,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from .manifest import FAMILY_INPUTS, OPTIONAL_INPUTS, EngineInputError, EngineManifest
+from .manifest import FAMILY_INPUTS, FRAME_AXES, OPTIONAL_INPUTS, EngineInputError, EngineManifest
 
 
 class Engine(ABC):
@@ -34,6 +34,7 @@ class Engine(ABC):
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Inputs in the contract's order, float32, contiguous, on ``self.device``; shapes checked."""
         out = []
+        frames: dict = {}
         for name in self.input_names:
             if name not in inputs:
                 raise EngineInputError(f'engine {self.manifest.name}: missing input {name!r}')
@@ -47,6 +48,14 @@ class Engine(ABC):
                     raise EngineInputError(f'engine {self.manifest.name}: input {name} is {h} x {w}, H and W '
                                            f'must be positive multiples of {m}')
                 want = want[:-2] + [h, w]
+            axis = FRAME_AXES.get(name)
+            if axis is not None and t.dim() == len(want):
+                # the stack's own F: the same on every frame input, 2 .. max_frames
+                nf = int(t.shape[axis])
+                if not 2 <= nf <= int(self.manifest.max_frames or 0) or nf != frames.setdefault('F', nf):
+                    raise EngineInputError(f'engine {self.manifest.name}: input {name} has {nf} frames; the engine '
+                                           f'takes 2 to {self.manifest.max_frames}, the same F on every input')
+                want[axis] = nf
             if list(t.shape) != want:
                 raise EngineInputError(f'engine {self.manifest.name}: input {name} has shape {list(t.shape)}, '
                                   f'the engine takes {want}')

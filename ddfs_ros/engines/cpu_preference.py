@@ -55,6 +55,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..focus_volume import focus_curve_weights
 from .manifest import EngineError, EngineManifest, load_manifest
 from . import torch_backend
 
@@ -114,7 +115,8 @@ def timing_inputs(manifest: EngineManifest, size: Sequence[int] = TIMING_SIZE, s
     """Random inputs of the manifest's shapes at ``size`` (H, W) for a dynamic engine.
 
     Images and volumes uniform in [0, 1]; ``depths`` the training hypotheses; ``focus``
-    F distances uniform in inverse depth over the training focus range.
+    F distances uniform in inverse depth over the training focus range (``curve_weights``:
+    their focus-curve weights on the hypotheses).
     """
     H, W = (int(v) for v in size) if manifest.dynamic_size else manifest.image_size
     g = torch.Generator().manual_seed(seed)
@@ -122,11 +124,15 @@ def timing_inputs(manifest: EngineManifest, size: Sequence[int] = TIMING_SIZE, s
     for name, shape in manifest.inputs.items():
         if name == 'depths':
             out[name] = torch.as_tensor(manifest.train_hypotheses(), dtype=torch.float32)[None]
-        elif name == 'focus':
+        elif name in ('focus', 'curve_weights'):
             near, far = manifest.train_focus_range or (manifest.hypotheses.get('d_min', 0.5),
                                                        manifest.hypotheses.get('d_max', 2.0))
-            inv = np.linspace(1 / float(near), 1 / float(far), shape[1])
-            out[name] = torch.as_tensor(1 / inv, dtype=torch.float32)[None]
+            inv = np.linspace(1 / float(near), 1 / float(far), shape[-1])
+            if name == 'focus':
+                out[name] = torch.as_tensor(1 / inv, dtype=torch.float32)[None]
+            else:       # the focus curve's weights of F frames on the training hypotheses
+                w = focus_curve_weights(1 / inv, manifest.train_hypotheses())
+                out[name] = torch.as_tensor(w, dtype=torch.float32)[None]
         else:
             out[name] = torch.rand(*shape[:-2], H, W, generator=g)
     return out
@@ -175,7 +181,8 @@ def validation_inputs(manifest: EngineManifest, count: int = VALIDATION_STACKS) 
                          a['f_numbers'][i, :F] if 'f_numbers' in a else None,
                          a['lens'][i] if 'lens' in a else None, int(a['ref'][i]) if 'ref' in a else 0,
                          a['depths'][i] if 'depths' in a else None, a['cost'][i] if 'cost' in a else None,
-                         manifest.focus_volume_modes if 'focus_volume' in manifest.inputs else None)
+                         manifest.focus_volume_modes if 'focus_volume' in manifest.inputs else None,
+                         frame_inputs='frames' in manifest.inputs)
         out.append({k: v[None] for k, v in x.items()})
     if not out:
         return [], f'no stack in {shard} matches the engine (F / D)'

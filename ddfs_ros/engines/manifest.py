@@ -32,7 +32,10 @@ FAMILY_INPUTS = {'ddfs': ('image', 'cost_volume', 'depths'),
                  'dfv_cv': ('image', 'cost_volume', 'depths'),
                  'dfv': ('stack', 'focus')}
 #: Inputs a family may add (engines trained with a classical focus volume, DESIGN.md section 7).
-OPTIONAL_INPUTS = {'ddfs': ('focus_volume',), 'dfv_cv': ('focus_volume',), 'dfv': ()}
+OPTIONAL_INPUTS = {'ddfs': ('focus_volume', 'frames', 'curve_weights'), 'dfv_cv': ('focus_volume',), 'dfv': ()}
+#: Inputs whose frame axis (the value) is free at run time: engines with learned focus
+#: curves take the stack itself, any F from 2 to the manifest's ``max_frames``.
+FRAME_AXES = {'frames': 1, 'curve_weights': 2}
 OUTPUTS = ('depth', 'uncertainty')
 #: Manifest key of the sha256 of the ``torch_program`` (.pt2) file.
 TORCH_PROGRAM_SHA256 = 'torch_program_sha256'
@@ -95,6 +98,8 @@ class EngineManifest:
     #: Bins a frame-based engine outputs past each end of the sweep
     #: (:func:`ddfs_ros.focus_bins.extrapolated_focus`); 0 = the focus range only.
     extrapolate_bins: int = 0
+    #: Largest F a ``frames`` input may have (engines with learned focus curves); None = no such input.
+    max_frames: Optional[int] = None
 
     @property
     def height(self) -> int:
@@ -258,6 +263,14 @@ def load_manifest(path: str | Path, verify_sha256: bool = True) -> EngineManifes
         if not set(modes) <= set(FOCUS_VOLUME_MODES) or fv[2:] != [H, W] or fv[1] != len(modes) * int(D):
             raise EngineError(f'engine {path.name}: focus_volume input {fv} does not hold the '
                               f'{len(modes)} x D = {D} blocks of focus_volume_modes {list(modes)} at {[H, W]}')
+    max_frames = None
+    if {'frames', 'curve_weights'} & set(inputs):
+        fr, cw = inputs.get('frames'), inputs.get('curve_weights')
+        max_frames = int(raw.get('max_frames') or 0)
+        if fr is None or cw is None or len(fr) != 5 or fr[2:] != [3, H, W] or cw != [fr[0], int(D), fr[1]] \
+                or not 2 <= fr[1] <= max_frames:
+            raise EngineError(f'engine {path.name}: frames {fr} / curve_weights {cw} must be B x F x 3 x {H} x {W} '
+                              f'and B x D x F with 2 <= F <= max_frames ({max_frames}), D = {D}')
     tp = raw.get('torch_program')
     tfr = raw.get('train_focus_range')
     manifest = EngineManifest(
@@ -272,7 +285,7 @@ def load_manifest(path: str | Path, verify_sha256: bool = True) -> EngineManifes
         dynamic_size=bool(raw.get('dynamic_size', False)),
         size_multiple=int(raw.get('size_multiple', 32)),
         validated_size=_validated_size(raw.get('validated_size'), path), focus_volume_modes=modes,
-        extrapolate_bins=int(raw.get('extrapolate_bins') or 0),
+        extrapolate_bins=int(raw.get('extrapolate_bins') or 0), max_frames=max_frames,
         train_processing_width=None if raw.get('train_processing_width') is None
         else int(raw['train_processing_width']))
     if manifest.extrapolate_bins < 0 or (manifest.extrapolate_bins and family != 'dfv'):

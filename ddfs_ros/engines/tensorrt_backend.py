@@ -35,7 +35,7 @@ import torch
 
 from ..user_cache import cache_root
 from .base import Engine
-from .manifest import (ONNX_FP16, ONNX_FP16_SHA256, EngineError, EngineManifest, read_onnx, read_verified)
+from .manifest import (ONNX_FP16, ONNX_FP16_SHA256, EngineError, EngineManifest, FRAME_AXES, read_onnx, read_verified)
 
 log = logging.getLogger(__name__)
 #: Builder workspace (bytes).
@@ -97,12 +97,16 @@ def network_flags(trt) -> int:
 
 def _profile_shapes(manifest: EngineManifest, name: str) -> tuple[list[int], list[int], list[int]]:
     """(min, opt, max) shape of input ``name``: the manifest shape, with H and W spanning the
-    manifest's ``validated_size`` for dynamic-size engines (a ``depths``/``focus`` vector has no H, W)."""
+    manifest's ``validated_size`` for dynamic-size engines (a ``depths``/``focus`` vector has no H, W),
+    and the frame axis of ``frames`` / ``curve_weights`` spanning 2 .. ``max_frames``."""
     opt = [int(x) for x in manifest.inputs[name]]
     lo, hi = list(opt), list(opt)
     if len(opt) >= 4 and manifest.dynamic_size and manifest.validated_size:
         (h0, w0), (h1, w1) = manifest.validated_size
         lo[-2:], hi[-2:] = [int(h0), int(w0)], [int(h1), int(w1)]
+    axis = FRAME_AXES.get(name)
+    if axis is not None and manifest.max_frames:
+        lo[axis], hi[axis] = 2, int(manifest.max_frames)
     return lo, opt, hi
 
 

@@ -28,7 +28,7 @@ first-order std of depth, from the std in dioptres), and a dict with ``depth``, 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -44,6 +44,11 @@ SKIP_GAIN = 10.0
 #: Initial logit offset of ``extrapolate`` bins: exp(-6) ~ 0.25 % of a frame's weight, so
 #: a grown network starts where the old one was and the bins still get a gradient.
 EXTRAP_INIT_LOGIT = -6.0
+#: Channels of the per-frame network behind ``CostFocusUNet(frame_features=k)``: three 3x3
+#: convolutions (a 7 x 7 px view, enough for a focus cue of a few pixels of blur).  8, not
+#: 16: measured on one core under load, a bf16 training step of it on 40 crops of 64 px
+#: took 0.08 s at 8 and 0.16 s at 16 channels (the whole rest of the step 0.26 s).
+FRAME_NET_WIDTH = 8
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
@@ -122,6 +127,11 @@ def focus_volume_modes(model: nn.Module) -> tuple:
     return tuple(getattr(model, 'focus_volume_modes', ('thin_lens',)))
 
 
+def data_options(model: nn.Module) -> dict:
+    """``ShardDataset`` keywords for the inputs ``model`` takes (focus-volume blocks, frames)."""
+    return {'focus_modes': focus_volume_modes(model), 'frame_inputs': bool(getattr(model, 'uses_frames', False))}
+
+
 class CostFocusUNet(nn.Module):
     """[reference RGB, cost volume, focus volume] -> softmax over D -> depth (family ``ddfs``).
 
@@ -137,34 +147,100 @@ class CostFocusUNet(nn.Module):
     on ``motorcycle_sweep``, 0.054 vs 0.055, and beats it past the sweep's ends) has to
     squeeze through that bottleneck; the skip hands it over and the U-Net learns the
     correction.
+
+    ``frame_features = k``: two more inputs, ``frames`` B x F x 3 x H x W (the stack, any
+    F) and ``curve_weights`` B x D x F (:func:`ddfs_ros.focus_volume.focus_curve_weights`),
+    and k more D-blocks: a small shared per-frame network scores each frame's local
+    sharpness, a softmax over the frames normalises it (as ``m_i`` normalises the
+    focus measure) and the focus curve's interpolation weights project it onto the
+    hypotheses (:meth:`learned_focus_curves`).  Why: the frame-based ``dfv_s`` sees
+    learned per-frame features and this network only hand-made ones (issue 9's check:
+    a cost-volume U-Net given the frames caught up with the frame-based network); the
+    projection keeps what makes the family camera-invariant (only focus positions in
+    dioptres enter, any F).  The new input channels and skip weights start at zero, so a
+    grown network starts where the old one was.
     """
 
     arch = 'unet_cv_fv'
     #: parameters a checkpoint of the network without them may lack (``train_focus.load_grown``)
-    growth_keys = ('skip',)
+    growth_keys = ('skip', 'frame_net.')
 
     def __init__(self, num_hypotheses: int = 32, widths: Sequence[int] = (32, 48, 64, 96),
-                 focus_curve: bool = False, volume_skip: bool = False) -> None:
+                 focus_curve: bool = False, volume_skip: bool = False, frame_features: int = 0) -> None:
         super().__init__()
         self.num_hypotheses = int(num_hypotheses)
         #: D-blocks of the focus_volume input (ddfs_ros.focus_volume.FOCUS_VOLUME_MODES)
         self.focus_volume_modes = ('thin_lens', 'focus_curve') if focus_curve else ('thin_lens',)
+        #: learned focus curves (k D-blocks) from ``frames`` and ``curve_weights`` (0: no such inputs)
+        self.frame_features = int(frame_features)
         blocks = 1 + len(self.focus_volume_modes)
-        self.net = UNet2D(3 + blocks * self.num_hypotheses, self.num_hypotheses, widths)
+        self.net = UNet2D(3 + (blocks + self.frame_features) * self.num_hypotheses, self.num_hypotheses, widths)
         self.skip = nn.Parameter(torch.zeros(blocks)) if volume_skip else None
+        self.frame_net = self.skip_frames = None
+        if self.frame_features:
+            self.frame_net = nn.Sequential(_conv(3, FRAME_NET_WIDTH), _conv(FRAME_NET_WIDTH, FRAME_NET_WIDTH),
+                                           nn.Conv2d(FRAME_NET_WIDTH, self.frame_features, 3, padding=1))
+            self.skip_frames = nn.Parameter(torch.zeros(self.frame_features))
+
+    @property
+    def uses_frames(self) -> bool:
+        """Whether ``forward`` takes ``frames`` and ``curve_weights``."""
+        return self.frame_net is not None
+
+    def learned_focus_curves(self, frames: torch.Tensor, curve_weights: torch.Tensor) -> torch.Tensor:
+        """k D-blocks: a learned per-frame focus measure, projected onto the hypotheses like the focus curve.
+
+        Args:
+            frames: B x F x 3 x H x W in [0, 1], any frame order, any F.
+            curve_weights: B x D x F (:func:`ddfs_ros.focus_volume.focus_curve_weights`);
+                a frame whose column is all zero (padding, or an aperture pair, which has
+                no curve) takes no part.
+
+        Returns:
+            B x (k D) x H x W: per channel, the softmax over the frames of the score
+            (the learned counterpart of the normalised focus measure ``m_i``) projected
+            through the weights.  Only focus positions in dioptres enter: any F, any schedule.
+        """
+        B, Fr, C, H, W = frames.shape
+        w = curve_weights.float()
+        flat = frames.reshape(B * Fr, C, H, W)
+        if self.training:
+            # only the frames that take part: padding costs no compute and stays out of the
+            # batch-norm statistics (zero frames would skew them against inference)
+            idx = (w.abs().sum(dim=1) > 0).reshape(-1).nonzero().squeeze(1)
+            part = self.frame_net(_normalise(flat.index_select(0, idx))).float()
+            s = part.new_zeros((B * Fr, *part.shape[1:])).index_copy(0, idx, part)
+        else:
+            s = self.frame_net(_normalise(flat)).float()
+        s = s.reshape(B, Fr, self.frame_features, H, W)
+        used = (w.abs().sum(dim=1) > 0)[:, :, None, None, None]                 # B x F x 1 x 1 x 1
+        p = torch.softmax(torch.where(used, s, torch.full_like(s, -30.0)), dim=1) * used.float()
+        v = torch.einsum('bfkhw,bdf->bkdhw', p, w)
+        return v.reshape(B, self.frame_features * self.num_hypotheses, H, W)
 
     def forward(self, image: torch.Tensor, cost_volume: torch.Tensor, depths: torch.Tensor,
-                focus_volume: torch.Tensor):
+                focus_volume: torch.Tensor, frames: Optional[torch.Tensor] = None,
+                curve_weights: Optional[torch.Tensor] = None):
         # Low cost = likely depth; the network sees it as is and learns the sign.
-        x = torch.cat([_normalise(image), cost_volume, focus_volume], dim=1)
+        parts = [_normalise(image), cost_volume, focus_volume]
+        learned = None
+        if self.frame_net is not None:
+            learned = self.learned_focus_curves(frames, curve_weights)
+            parts.append(learned.to(cost_volume.dtype))
+        x = torch.cat(parts, dim=1)
         # fp32 from here on: under bf16 autocast (training) the expectation would lose ~0.4 %
         logits = self.net(x).float()
+        D = self.num_hypotheses
         if self.skip is not None:
             # one multiply-add per D-block: a cat + 5-D reduction here cost torch bf16 +77 % per stack
-            D, w = self.num_hypotheses, SKIP_GAIN * self.skip
+            w = SKIP_GAIN * self.skip
             logits = logits + w[0] * cost_volume.float()
             for b in range(len(self.focus_volume_modes)):
                 logits = logits + w[b + 1] * focus_volume[:, b * D:(b + 1) * D].float()
+        if learned is not None:
+            w = SKIP_GAIN * self.skip_frames
+            for b in range(self.frame_features):
+                logits = logits + w[b] * learned[:, b * D:(b + 1) * D].float()
         prob = torch.softmax(logits, dim=1)
         depth, unc = expectation_in_dioptres(prob, depths.float())
         if self.training:
