@@ -79,7 +79,7 @@ def test_rviz_config_shows_stack_depth_uncertainty_colorized_cloud_and_all_in_fo
     assert cfg['Visualization Manager']['Global Options']['Fixed Frame'] == 'camera_optical_frame'
 
 
-def test_fastdds_profile_has_16mb_shm_and_loopback_udp():
+def test_fastdds_profile_has_16mb_shm_loopback_udp_and_quick_repairs():
     ns = {'f': 'http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles'}
     root = ET.parse(ROOT / 'config' / 'fastdds.xml').getroot()
     shm = [t for t in root.iterfind('.//f:transport_descriptor', ns) if t.findtext('f:type', namespaces=ns) == 'SHM']
@@ -89,6 +89,15 @@ def test_fastdds_profile_has_16mb_shm_and_loopback_udp():
     part = root.find('.//f:participant', ns)
     assert part.get('is_default_profile') == 'true'
     assert part.findtext('.//f:useBuiltinTransports', namespaces=ns) == 'false'
+    # a reliable writer repairs a lost sample well inside the inference node's pair_timeout
+    writer = root.find('.//f:data_writer', ns)
+    assert writer.get('is_default_profile') == 'true'
+    hb = writer.find('.//f:heartbeatPeriod', ns)
+    period_s = int(hb.findtext('f:sec', namespaces=ns)) + int(hb.findtext('f:nanosec', namespaces=ns)) * 1e-9
+    import yaml
+    params = yaml.safe_load((ROOT / 'config' / 'inference.yaml').read_text())
+    timeout_s = params['/**/inference_node']['ros__parameters'].get('pair_timeout', 1.0)
+    assert period_s <= 0.2 * timeout_s
 
 
 def test_package_installs_launch_config_and_wrappers():
