@@ -424,6 +424,11 @@ def test_export_is_dynamic_in_height_and_width_and_matches_eager(tmp_path, famil
                     {**x, 'frames': torch.rand(1, 17, 3, 16, 24), 'curve_weights': torch.rand(1, 8, 17)}):
             with pytest.raises(EngineInputError, match='frames'):
                 engine.infer(bad)
+        from ddfs_ros.stack import StackError
+        many = FocalStack(rng.random((17, 48, 72, 3), dtype=np.float32), 1.0 / np.linspace(2.0, 0.5, 17),
+                          LensModel(0.01, 2.0, 10e-6))
+        with pytest.raises(StackError, match='at most 16 frames'):
+            DepthPipeline(engine, hypothesis_mode='from_focus').run(many)
         broken = json.loads(man.read_text())
         del broken['max_frames']
         man.write_text(json.dumps(broken))
