@@ -396,7 +396,7 @@ def test_export_is_dynamic_in_height_and_width_and_matches_eager(tmp_path, famil
         modes = ['thin_lens', 'focus_curve'] if curve else ['thin_lens']
         assert m['focus_volume_modes'] == modes and list(loaded.focus_volume_modes) == modes
         assert loaded.inputs['focus_volume'][1] == 8 * len(modes)
-        assert (loaded.max_frames, 'frames' in loaded.inputs) == ((16, True) if frames else (None, False))
+        assert (loaded.max_frames, 'frames' in loaded.inputs) == ((32, True) if frames else (None, False))
     # the node's pipeline feeds it (focus volume included) on a non-square stack, both backends
     from ddfs_ros.engines import load_engine
     from ddfs_ros.pipeline import DepthPipeline
@@ -421,13 +421,13 @@ def test_export_is_dynamic_in_height_and_width_and_matches_eager(tmp_path, famil
         x = timing_inputs(loaded, (16, 24))
         assert x['frames'].shape[1] == 5 and engine.infer(x)[0].shape == (1, 1, 16, 24)
         for bad in ({**x, 'curve_weights': x['curve_weights'][..., :4]},
-                    {**x, 'frames': torch.rand(1, 17, 3, 16, 24), 'curve_weights': torch.rand(1, 8, 17)}):
+                    {**x, 'frames': torch.rand(1, 33, 3, 16, 24), 'curve_weights': torch.rand(1, 8, 33)}):
             with pytest.raises(EngineInputError, match='frames'):
                 engine.infer(bad)
         from ddfs_ros.stack import StackError
-        many = FocalStack(rng.random((17, 48, 72, 3), dtype=np.float32), 1.0 / np.linspace(2.0, 0.5, 17),
+        many = FocalStack(rng.random((33, 48, 72, 3), dtype=np.float32), 1.0 / np.linspace(2.0, 0.5, 33),
                           LensModel(0.01, 2.0, 10e-6))
-        with pytest.raises(StackError, match='at most 16 frames'):
+        with pytest.raises(StackError, match='at most 32 frames'):
             DepthPipeline(engine, hypothesis_mode='from_focus').run(many)
         broken = json.loads(man.read_text())
         del broken['max_frames']

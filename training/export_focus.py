@@ -69,7 +69,7 @@ def example_inputs(family: str, num: int, H: int, W: int, seed: int = 0, fv_bloc
 #: (one per :data:`CHECK_SIZES` entry): the F axis is dynamic.
 CHECK_FRAMES = (5, 3, 8)
 #: Largest F the torch program and TensorRT profiles accept (``frames`` inputs).
-MAX_FRAMES = 16
+MAX_FRAMES = 32
 
 
 def spatial_axes(inputs: dict) -> dict:
