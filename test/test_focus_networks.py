@@ -189,6 +189,10 @@ def test_learned_focus_curves_start_as_the_old_network_ignore_padding_and_follow
     with torch.no_grad():
         z = new.learned_focus_curves(pair['frames'], pair['curve_weights'])
     assert torch.isfinite(z).all() and not z.any()
+    # in training too: a batch with no frame taking part leaves the batch-norm statistics alone
+    new.train()
+    assert not new.learned_focus_curves(pair['frames'], pair['curve_weights']).any()
+    assert all(torch.isfinite(b).all() for b in new.frame_net.buffers())
 
 
 def test_grown_parameters_get_their_own_learning_rate_group():
