@@ -46,8 +46,9 @@ SKIP_GAIN = 10.0
 EXTRAP_INIT_LOGIT = -6.0
 #: Channels of the per-frame network behind ``CostFocusUNet(frame_features=k)``: three 3x3
 #: convolutions (a 7 x 7 px view, enough for a focus cue of a few pixels of blur).  8, not
-#: 16: measured on one core under load, a bf16 training step of it on 40 crops of 64 px
-#: took 0.08 s at 8 and 0.16 s at 16 channels (the whole rest of the step 0.26 s).
+#: 16: measured on one core under load, a bf16 training step of it on 64 crops of 64 px
+#: (8 stacks x 8 frames) took 0.08 s at 8 and 0.16 s at 16 channels (the rest of the
+#: step: 0.26 s).
 FRAME_NET_WIDTH = 8
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
