@@ -240,6 +240,19 @@ def fit_to_camera(rgb: np.ndarray, depth: np.ndarray, cam: CameraConfig, name: s
     return SceneImage(np.clip(rgb, 0, 1), depth, name, cam.published_pitch(W, cw))
 
 
+def depths_of(sc: SceneImage) -> tuple[np.ndarray, np.ndarray]:
+    """(ground truth H x W m with NaN unknown, hole-free depth for the renderer) of a scene."""
+    depth = np.where(np.isfinite(sc.depth) & (sc.depth > 0), sc.depth, np.nan).astype(np.float32)
+    if sc.render_depth is not None:
+        return depth, np.asarray(sc.render_depth, dtype=np.float32)   # the source's own hole filling
+    if np.isfinite(depth).all():
+        return depth, depth
+    # the renderer needs a depth everywhere: fill unknown pixels with the nearest known one
+    from scipy import ndimage
+    idx = ndimage.distance_transform_edt(~np.isfinite(depth), return_distances=False, return_indices=True)
+    return depth, depth[tuple(idx)]
+
+
 def _scene_arrays(sc) -> tuple:
     return np.asarray(sc.rgb), np.asarray(sc.depth_m, dtype=np.float32), getattr(sc, 'name', 'scene')
 
@@ -400,16 +413,7 @@ def make_bag(out, source: str, cam: CameraConfig, stacks: int, storage: str = 'm
     lens = None
     with StackBagWriter(out, namespace=namespace, storage=storage, encoding=cam.encoding) as writer:
         for k, sc in enumerate(scenes_it):
-            depth = np.where(np.isfinite(sc.depth) & (sc.depth > 0), sc.depth, np.nan).astype(np.float32)
-            render_depth = depth
-            if sc.render_depth is not None:
-                render_depth = np.asarray(sc.render_depth, dtype=np.float32)   # the source's own hole filling
-            elif not np.isfinite(depth).all():
-                # the renderer needs a depth everywhere: fill unknown pixels with the nearest known one
-                from scipy import ndimage
-                idx = ndimage.distance_transform_edt(~np.isfinite(depth), return_distances=False,
-                                                     return_indices=True)
-                render_depth = depth[tuple(idx)]
+            depth, render_depth = depths_of(sc)
             focus = cam.schedule(depth, rng)
             lens = LensModel(cam.focal_length, cam.f_number, sc.pitch)
             stack = render_stack(sc.rgb, render_depth, focus, lens, cam.f_numbers, noise=noise,

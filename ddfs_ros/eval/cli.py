@@ -7,6 +7,8 @@
                          --report DIR [--json PATH]
     ddfs-eval offline BAG --engine ... --report DIR [--json PATH]      # same scoring, no ROS
     ddfs-eval protocol camera-shift --engine ... --out DIR              # DDFS camera-setting shift
+    ddfs-eval regions BAG [BAG ...] --engine ...                        # AbsRel per scene region
+    ddfs-eval robustness --engine ... [--split val]                     # other optics than our renderer's
 
 ``replay`` plays the bag through the real inference node over ROS topics (in this
 process, or ``--external`` for a node already running in the bag's namespace);
@@ -89,6 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help='engine manifest; repeat for one row per engine (the baselines are always rows)')
     rg.add_argument('--backend', default='auto', choices=('auto', 'tensorrt', 'onnxruntime', 'torch'))
     rg.add_argument('--stacks', type=int, default=None, help='first N stacks of each bag (default all)')
+    rb = sub.add_parser('robustness', help='AbsRel when the stack comes from other optics than our renderer '
+                        '(PSF shape, sRGB blur, no occlusions, miscalibrated blur)')
+    rb.add_argument('--engine', action='append', default=[], metavar='MANIFEST',
+                    help='engine manifest; repeat for one column per engine (the focus measure is always a column)')
+    rb.add_argument('--source', action='append', default=[], choices=('rgbd_7scenes', 'real_dfd', 'procedural'),
+                    help='scene source; repeat (default: rgbd_7scenes and real_dfd)')
+    rb.add_argument('--split', default='val', choices=('train', 'val', 'test'),
+                    help='split of the real sources (default val: not a test figure)')
+    rb.add_argument('--scenes', type=int, default=12, help='scenes per source (default 12)')
+    rb.add_argument('--variant', action='append', default=[], help='render variant; repeat (default all)')
+    rb.add_argument('--size', type=int, default=None, help='frame width (px; default the source camera\'s)')
+    rb.add_argument('--backend', default='auto', choices=('auto', 'tensorrt', 'onnxruntime', 'torch'))
+    rb.add_argument('--max-relative-uncertainty', type=float, default=0.0, metavar='R',
+                    help="the node's uncertainty mask (default 0: off, every pixel scored)")
     return p
 
 
@@ -173,6 +189,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == 'protocol':
         return cmd_protocol(args)
+    if args.cmd == 'robustness':
+        from .robustness import VARIANTS, run
+        bad = [v for v in args.variant if v not in VARIANTS]
+        if bad:
+            print(f'ddfs-eval: unknown variant(s) {bad}; known: {", ".join(VARIANTS)}', file=sys.stderr)
+            return 2
+        print(run(args.engine, args.source or ('rgbd_7scenes', 'real_dfd'), args.split, args.scenes,
+                  args.variant or tuple(VARIANTS), args.backend, args.max_relative_uncertainty, args.size))
+        return 0
     if args.cmd == 'regions':
         from .regions import regions_table
         for bag in args.bags:
