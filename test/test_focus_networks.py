@@ -317,6 +317,29 @@ def test_sweeps_can_end_inside_the_scene_and_val_parts_are_listed():
     assert validation_parts(data) == [0, 2]
 
 
+@needs_textures
+def test_a_miscalibrated_blur_renders_other_frames_under_the_nominal_lens():
+    from training.stack_data import StackDataConfig, make_sample
+
+    def sharpness(frames):
+        return float(np.abs(np.diff(frames.astype(np.float32), axis=-1)).mean())
+    base = StackDataConfig(family='ddfs', size=32, frames=3, num_hypotheses=8, sources={'procedural': 1.0},
+                           noise_prob=0.0, aperture_pair_prob=0.0, unsorted_prob=0.0)
+    exact = make_sample(base, 'train', 0, 1)
+    again = make_sample(StackDataConfig(**{**base.__dict__, 'blur_scale': (1.0, 1.0)}), 'train', 0, 1)
+    np.testing.assert_array_equal(exact['frames'], again['frames'])     # the default draws nothing more
+    blurrier = make_sample(StackDataConfig(**{**base.__dict__, 'blur_scale': (1.6, 1.6)}), 'train', 0, 1)
+    sharper = make_sample(StackDataConfig(**{**base.__dict__, 'blur_scale': (0.6, 0.6)}), 'train', 0, 1)
+    for s in (blurrier, sharper):
+        # same scene and nominal lens; the cost volume is built from that lens and these frames
+        np.testing.assert_array_equal(s['gt'], exact['gt'])
+        np.testing.assert_array_equal(s['lens'], exact['lens'])
+        np.testing.assert_array_equal(s['focus'], exact['focus'])
+        assert not np.array_equal(s['cost'], exact['cost'])
+    assert blurrier['meta']['blur_scale'] == 1.6 and exact['meta']['blur_scale'] == 1.0
+    assert sharpness(blurrier['frames']) < sharpness(exact['frames']) < sharpness(sharper['frames'])
+
+
 def test_aperture_pairs_focus_where_the_config_says():
     from training.stack_data import StackDataConfig, draw_camera
 

@@ -89,6 +89,11 @@ class StackDataConfig:
     # Share of stacks drawn with a Gaussian blur spot (:func:`ddfs_ros.psf.gaussian_psfs`,
     # same second moment) instead of the thin-lens disk: real lenses are neither.
     psf_gaussian_prob: float = 0.0
+    # True blur / the blur the lens values say (log-uniform; (1, 1) = exact): the frames are
+    # rendered with the pitch divided by it, the sample keeps the nominal lens (the cost volume
+    # and the focus volume use it), as a camera's nominal f-number, focal length or focus
+    # distance are off (session 7: `ddfs-eval robustness`, blur_x0.8 / x1.25).
+    blur_scale: tuple = (1.0, 1.0)
     noise_prob: float = 0.85
     full_well: tuple = (300.0, 20000.0)  # photo-electrons at full scale (log-uniform)
     read_noise: tuple = (0.5, 5.0)       # electrons rms
@@ -264,8 +269,10 @@ def make_sample(cfg: StackDataConfig, split: str, seed: int, index: int) -> dict
     if rng.random() < cfg.noise_prob:
         noise = SensorNoise(full_well=_log_uniform(rng, *cfg.full_well), read_noise=float(rng.uniform(*cfg.read_noise)))
     psf = 'gaussian' if cfg.psf_gaussian_prob > 0 and rng.random() < cfg.psf_gaussian_prob else 'disk'
-    frames = render_focal_stack(rgb, depth, focus, lens, f_numbers=fnums, noise=noise, quantize_bits=8, rng=rng,
-                                psf=psf)
+    scale = 1.0 if tuple(cfg.blur_scale) == (1.0, 1.0) else _log_uniform(rng, *cfg.blur_scale)
+    true_lens = lens if scale == 1.0 else LensModel(lens.focal_length_m, lens.f_number, lens.pixel_pitch_m / scale)
+    frames = render_focal_stack(rgb, depth, focus, true_lens, f_numbers=fnums, noise=noise, quantize_bits=8,
+                                rng=rng, psf=psf)
     chw = np.ascontiguousarray(np.moveaxis(np.asarray(frames, np.float32), -1, 1))     # F x 3 x S x S
     if cfg.family == 'dfv':
         order = np.argsort(focus, kind='stable')
@@ -275,7 +282,7 @@ def make_sample(cfg: StackDataConfig, split: str, seed: int, index: int) -> dict
            'lens': np.array([lens.focal_length_m, lens.pixel_pitch_m], np.float64),
            'gt': depth.astype(np.float32), 'ref': reference_index(focus, fnums, 'farthest'),
            'meta': {'source': src, 'schedule': cam['schedule'], 'F': int(len(focus)),
-                    'max_blur_px': cam['max_blur_px'], 'psf': psf}}
+                    'max_blur_px': cam['max_blur_px'], 'psf': psf, 'blur_scale': scale}}
     if cfg.family != 'dfv':
         hyps = hypotheses_from_focus_span(focus, cfg.num_hypotheses)
         cost = _cost_volume(cfg.max_coc_px)(chw, focus, fnums, lens.focal_length_m, lens.pixel_pitch_m, hyps)
