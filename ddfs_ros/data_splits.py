@@ -16,12 +16,29 @@ is ever trained on; checkpoints are chosen on validation, test is reported once.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Optional
 
 SPLITS = ('train', 'val', 'test')
-#: Shared data folder next to the repository (``../shared/data``).
-SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+
+
+def shared_data_dir() -> Path:
+    """The shared data folder: ``$DDFS_SHARED_DATA``, else ``../shared/data`` beside the source
+    tree, else beside the working directory (an installed package lives in site-packages,
+    far from the data; the commands are run from the repository)."""
+    env = os.environ.get('DDFS_SHARED_DATA')
+    if env:
+        return Path(env)
+    source = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+    for candidate in (source, Path.cwd().resolve().parent / 'shared' / 'data'):
+        if candidate.is_dir():
+            return candidate
+    return source
+
+
+#: Shared data folder next to the repository (``../shared/data``), see :func:`shared_data_dir`.
+SHARED_DATA = shared_data_dir()
 #: real_dfd scenes (pairs.csv order) used by the shared dfd_aperture_pairs bag.
 REAL_DFD_BAG_SCENES = (0, 1)
 

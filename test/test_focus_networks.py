@@ -19,6 +19,19 @@ needs_textures = pytest.mark.skipif(not data_splits.texture_paths('train'),
                                     reason='../shared/data/textures is absent (see ../shared/data/README.md)')
 
 
+def test_shared_data_is_found_from_an_installed_package(tmp_path, monkeypatch):
+    # the environment wins; else ../shared/data beside the working directory when the
+    # package's own location (site-packages) has none beside it
+    monkeypatch.setenv('DDFS_SHARED_DATA', str(tmp_path / 'elsewhere'))
+    assert data_splits.shared_data_dir() == tmp_path / 'elsewhere'
+    monkeypatch.delenv('DDFS_SHARED_DATA')
+    (tmp_path / 'shared' / 'data').mkdir(parents=True)
+    (tmp_path / 'repo').mkdir()
+    monkeypatch.chdir(tmp_path / 'repo')
+    monkeypatch.setattr(data_splits, '__file__', str(tmp_path / 'venv' / 'site' / 'ddfs_ros' / 'data_splits.py'))
+    assert data_splits.shared_data_dir() == (tmp_path / 'shared' / 'data').resolve()
+
+
 def test_splits_are_disjoint_and_keep_shared_bag_scenes_out_of_training():
     assert data_splits.real_dfd_split(0) == 'test' and data_splits.real_dfd_split(1) == 'test'
     splits = [data_splits.real_dfd_split(i) for i in range(81)]
