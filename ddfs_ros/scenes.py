@@ -214,6 +214,39 @@ def _photo_texture(rng: np.random.Generator, size: int, names: Sequence[str]) ->
     return np.clip(patch, 0.0, 1.0).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=3)
+def split_texture_images(split: str) -> tuple:
+    """RGB uint8 photographs of one split of ``../shared/data/textures`` (:mod:`ddfs_ros.data_splits`)."""
+    from . import data_splits
+    out = []
+    for p in data_splits.texture_paths(split):
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is not None:
+            out.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    return tuple(out)
+
+
+def split_photo_texture(split: str) -> Callable[[np.random.Generator, int], np.ndarray]:
+    """``texture(rng, size)`` drawing random crops (30-100 % of the shorter side, a random
+    quarter turn) of this split's photographs: size x size x 3 float32 in [0, 1]."""
+    images = split_texture_images(split)
+    if not images:
+        raise FileNotFoundError('no texture photographs found under ../shared/data/textures')
+
+    def texture(rng: np.random.Generator, size: int) -> np.ndarray:
+        src = images[int(rng.integers(len(images)))]
+        h, w = src.shape[:2]
+        crop = int(rng.uniform(0.3, 1.0) * min(h, w))
+        y0 = int(rng.integers(0, h - crop + 1))
+        x0 = int(rng.integers(0, w - crop + 1))
+        patch = np.rot90(src[y0:y0 + crop, x0:x0 + crop], int(rng.integers(4)))
+        patch = cv2.resize(np.ascontiguousarray(patch), (size, size),
+                           interpolation=cv2.INTER_AREA if crop >= size else cv2.INTER_LINEAR)
+        return patch.astype(np.float32) / 255.0
+
+    return texture
+
+
 def random_texture(rng: np.random.Generator, size: int) -> np.ndarray:
     """A size x size x 3 texture: a real photograph (60%), a tinted grey one (25%) or 1/f noise."""
     u = rng.random()

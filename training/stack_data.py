@@ -50,6 +50,7 @@ from ddfs_ros import data_splits
 from ddfs_ros.cost_volume import CostVolume
 from ddfs_ros.network_inputs import stack_inputs
 from ddfs_ros.optics import LensModel, coc_m, hypotheses_from_focus_span
+from ddfs_ros.scenes import split_photo_texture, split_texture_images
 from ddfs_ros.stack import reference_index
 
 from .data import crop_resize
@@ -111,38 +112,6 @@ class StackDataConfig:
 
 # ------------------------------------------------------------------------------- scenes
 @lru_cache(maxsize=3)
-def _texture_images(split: str) -> tuple:
-    import cv2
-    out = []
-    for p in data_splits.texture_paths(split):
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if img is not None:
-            out.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
-    return tuple(out)
-
-
-def photo_texture(split: str):
-    """``texture(rng, size)`` drawing random crops of this split's photographs."""
-    import cv2
-    images = _texture_images(split)
-    if not images:
-        raise FileNotFoundError('no texture photographs found under ../shared/data/textures')
-
-    def texture(rng: np.random.Generator, size: int) -> np.ndarray:
-        src = images[int(rng.integers(len(images)))]
-        h, w = src.shape[:2]
-        crop = int(rng.uniform(0.3, 1.0) * min(h, w))
-        y0 = int(rng.integers(0, h - crop + 1))
-        x0 = int(rng.integers(0, w - crop + 1))
-        patch = np.rot90(src[y0:y0 + crop, x0:x0 + crop], int(rng.integers(4)))
-        patch = cv2.resize(np.ascontiguousarray(patch), (size, size),
-                           interpolation=cv2.INTER_AREA if crop >= size else cv2.INTER_LINEAR)
-        return patch.astype(np.float32) / 255.0
-
-    return texture
-
-
-@lru_cache(maxsize=3)
 def _real_scenes(source: str, split: str) -> tuple:
     """(rgb float32, depth metres) of the real RGB-D scenes of one split."""
     from ddfs_ros.scenes import load_rgbd, real_dfd_scenes
@@ -176,7 +145,7 @@ def draw_scene(cfg: StackDataConfig, split: str, rng: np.random.Generator):
     if src == 'procedural':
         near = float(rng.uniform(*cfg.scene_near))
         far = near * float(rng.uniform(*cfg.scene_ratio))
-        sc = procedural_scene(rng, cfg.size, (near, far), texture=photo_texture(split))
+        sc = procedural_scene(rng, cfg.size, (near, far), texture=split_photo_texture(split))
         rgb, depth = np.asarray(sc.rgb, np.float32), np.asarray(sc.depth_m, np.float32)
     else:
         scenes = _real_scenes(src, split)
@@ -447,7 +416,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # load the scenes once, before the workers fork
     for s in ('real_dfd', 'rgbd_7scenes'):
         _real_scenes(s, a.split)
-    _texture_images(a.split)
+    split_texture_images(a.split)
     if a.workers > 1:
         import multiprocessing as mp
         with mp.get_context('fork').Pool(a.workers) as pool:

@@ -20,7 +20,9 @@ that a margin over the focus measure that only holds for our own renderer shows 
 
 Scenes come from the real RGB-D splits of :mod:`ddfs_ros.data_splits` (default: the
 validation split, so that nothing here is a test figure) or from procedural scenes
-(``procedural``: the built-in textures, the motorcycle camera).
+(``procedural``: the split's texture photographs, the motorcycle camera, scenes 1.5-7.8 m
+deep with a largest blur of 2-5 px: dense texture and full sweeps, the regime of
+``motorcycle_sweep``).
 Every pixel with finite, positive ground truth is scored; AbsRel is averaged per stack.
 """
 from __future__ import annotations
@@ -45,6 +47,10 @@ VARIANTS = {
 }
 #: Scene sources -> the camera preset of ``ddfs-bag make`` they are rendered with.
 SOURCES = {'rgbd_7scenes': 'rgbd_7scenes', 'real_dfd': 'real_dfd_sweep', 'procedural': 'motorcycle'}
+#: Procedural scenes: nearest depth (m) and far / near, with the motorcycle camera a largest
+#: blur of 2-5 px at 256 px, the regime of ``motorcycle_sweep``.
+PROCEDURAL_NEAR_M = (1.5, 3.0)
+PROCEDURAL_RATIO = (1.6, 2.6)
 #: Blur levels of the gather renderer (interpolated linearly in between).
 GATHER_LEVELS = 12
 
@@ -123,10 +129,25 @@ def scenes_of(source: str, split: str, count: int, size: Optional[int] = None, s
             preset['pixel_pitch'] *= k
     cam = CameraConfig.from_dict(preset)
     rng = np.random.default_rng(seed)
-    for sc in iter_scenes(source, cam, count, seed=seed, split=split):
+    for sc in (_procedural(cam, split, count, rng) if source == 'procedural'
+               else iter_scenes(source, cam, count, seed=seed, split=split)):
         gt, render_depth = depths_of(sc)
         yield sc.rgb, gt, render_depth, LensModel(cam.focal_length, cam.f_number, sc.pitch), \
             cam.schedule(gt, rng), cam.noise_model()
+
+
+def _procedural(cam, split: str, count: int, rng: np.random.Generator):
+    """Procedural scenes textured with the split's photographs (the built-in pictures when
+    ``../shared/data/textures`` is absent), fitted to the camera."""
+    from .. import data_splits
+    from ..scenes import procedural_scene, split_photo_texture
+    from .bag_cli import fit_to_camera
+    texture = split_photo_texture(split) if data_splits.texture_paths(split) else None
+    for _ in range(count):
+        near = float(rng.uniform(*PROCEDURAL_NEAR_M))
+        far = near * float(rng.uniform(*PROCEDURAL_RATIO))
+        sc = procedural_scene(rng, max(cam.width, cam.height), (near, far), texture=texture)
+        yield fit_to_camera(sc.rgb, sc.depth_m, cam, 'procedural')
 
 
 def stack_abs_rel(depth: np.ndarray, gt: np.ndarray) -> float:
