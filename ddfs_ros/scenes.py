@@ -195,19 +195,28 @@ def _noise_texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(rgb, 0.0, 1.0).astype(np.float32)
 
 
-def _photo_texture(rng: np.random.Generator, size: int, names: Sequence[str]) -> np.ndarray:
-    name = names[int(rng.integers(len(names)))]
-    src = _photo(name)
+def _turned_crop(rng: np.random.Generator, src: np.ndarray, min_fraction: float) -> np.ndarray:
+    """A random square crop of ``src`` (``min_fraction``-100 % of its shorter side), turned by a
+    random multiple of 90 degrees.  Draws: crop size, y0, x0, turn (in that order)."""
     h, w = src.shape[:2]
-    crop = int(rng.uniform(0.35, 1.0) * min(h, w))
+    crop = int(rng.uniform(min_fraction, 1.0) * min(h, w))
     y0 = int(rng.integers(0, h - crop + 1))
     x0 = int(rng.integers(0, w - crop + 1))
-    patch = src[y0:y0 + crop, x0:x0 + crop]
-    patch = np.rot90(patch, int(rng.integers(4)))
+    return np.rot90(src[y0:y0 + crop, x0:x0 + crop], int(rng.integers(4)))
+
+
+def _resize_square(patch: np.ndarray, size: int) -> np.ndarray:
+    """``patch`` (square) resized to size x size: area averaging when shrinking."""
+    interp = cv2.INTER_AREA if patch.shape[0] >= size else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(patch), (size, size), interpolation=interp)
+
+
+def _photo_texture(rng: np.random.Generator, size: int, names: Sequence[str]) -> np.ndarray:
+    name = names[int(rng.integers(len(names)))]
+    patch = _turned_crop(rng, _photo(name), 0.35)
     if rng.random() < 0.5:
         patch = patch[:, ::-1]
-    interp = cv2.INTER_AREA if crop >= size else cv2.INTER_LINEAR
-    patch = cv2.resize(np.ascontiguousarray(patch), (size, size), interpolation=interp)
+    patch = _resize_square(patch, size)
     if patch.ndim == 2:  # grey texture: tint it with two random colours
         a, b = rng.uniform(0.0, 1.0, (2, 3))
         patch = a[None, None] * (1 - patch[..., None]) + b[None, None] * patch[..., None]
@@ -235,14 +244,7 @@ def split_photo_texture(split: str) -> Callable[[np.random.Generator, int], np.n
 
     def texture(rng: np.random.Generator, size: int) -> np.ndarray:
         src = images[int(rng.integers(len(images)))]
-        h, w = src.shape[:2]
-        crop = int(rng.uniform(0.3, 1.0) * min(h, w))
-        y0 = int(rng.integers(0, h - crop + 1))
-        x0 = int(rng.integers(0, w - crop + 1))
-        patch = np.rot90(src[y0:y0 + crop, x0:x0 + crop], int(rng.integers(4)))
-        patch = cv2.resize(np.ascontiguousarray(patch), (size, size),
-                           interpolation=cv2.INTER_AREA if crop >= size else cv2.INTER_LINEAR)
-        return patch.astype(np.float32) / 255.0
+        return _resize_square(_turned_crop(rng, src, 0.3), size).astype(np.float32) / 255.0
 
     return texture
 
