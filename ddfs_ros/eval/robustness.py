@@ -23,7 +23,8 @@ validation split, so that nothing here is a test figure) or from procedural scen
 (``procedural``: the split's texture photographs, the motorcycle camera, scenes 1.5-7.8 m
 deep with a largest blur of 2-5 px: dense texture and full sweeps, the regime of
 ``motorcycle_sweep``).
-Every pixel with finite, positive ground truth is scored; AbsRel is averaged per stack.
+Every pixel with finite, positive ground truth and depth is scored (as in every report);
+AbsRel is averaged per stack.
 """
 from __future__ import annotations
 
@@ -151,8 +152,10 @@ def _procedural(cam, split: str, count: int, rng: np.random.Generator):
 
 
 def stack_abs_rel(depth: np.ndarray, gt: np.ndarray) -> float:
-    """AbsRel over the pixels with finite, positive ground truth and a finite depth (NaN if none)."""
-    m = np.isfinite(gt) & (gt > 0) & np.isfinite(depth)
+    """AbsRel over the pixels every report scores (:func:`~ddfs_ros.eval.metrics.valid_mask`:
+    ground truth and depth finite and > 0); NaN if there are none."""
+    from .metrics import valid_mask
+    m = valid_mask(depth, gt)
     return float(np.mean(np.abs(depth[m] - gt[m]) / gt[m])) if m.any() else float('nan')
 
 
@@ -191,11 +194,12 @@ def run(engines: Sequence[str], sources: Sequence[str] = ('rgbd_7scenes', 'real_
         count: int = 12, variants: Sequence[str] = tuple(VARIANTS), backend: str = 'auto',
         max_relative_uncertainty: float = 0.0, size: Optional[int] = None, seed: int = 0) -> str:
     """The ``ddfs-eval robustness`` report (markdown)."""
-    from .offline import BASELINE_NAME, baseline_predict, load_pipeline, method_names
+    from .offline import BASELINE_NAME, baseline_predict, load_pipeline, method_names, pipeline_predict
     methods = {}
     for name, path in zip(method_names(engines), engines):
-        pipe = load_pipeline(path, backend=backend, max_relative_uncertainty=max_relative_uncertainty)
-        methods[name] = lambda s, p=pipe: p.run(s).depth
+        predict = pipeline_predict(load_pipeline(path, backend=backend,
+                                                 max_relative_uncertainty=max_relative_uncertainty))
+        methods[name] = lambda s, p=predict: p(s)[0]
     methods[BASELINE_NAME] = lambda s: baseline_predict(s)[0]
     scores = robustness_scores(methods, sources, split, count, variants, size, seed)
     n = len(next(iter(next(iter(scores.values())).values())))
