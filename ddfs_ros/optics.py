@@ -14,7 +14,7 @@ Scaling ``d, s, f`` and ``p`` by the same factor ``k`` leaves ``c_px`` unchanged
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -75,6 +75,11 @@ class LensModel:
         """Lens from CameraInfo: ``f = K[0] * p`` unless the focal length is given."""
         f = float(focal_length_m) if focal_length_m else float(fx_px) * float(pixel_pitch_m)
         return cls(focal_length_m=f, f_number=float(f_number), pixel_pitch_m=float(pixel_pitch_m))
+
+    def with_blur_scale(self, scale: float) -> 'LensModel':
+        """The same lens with every blur ``scale`` times larger in pixels (the pitch divided by
+        it): a camera whose true blur differs from what its nominal values say."""
+        return self if scale == 1.0 else replace(self, pixel_pitch_m=self.pixel_pitch_m / float(scale))
 
     def coc_px(self, depth_m, focus_m, f_number=None, max_coc_px: float | None = None):
         """Blur diameter in pixels for objects at ``depth_m`` with the lens focused at ``focus_m``."""

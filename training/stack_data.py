@@ -239,8 +239,7 @@ def make_sample(cfg: StackDataConfig, split: str, seed: int, index: int) -> dict
         noise = SensorNoise(full_well=_log_uniform(rng, *cfg.full_well), read_noise=float(rng.uniform(*cfg.read_noise)))
     psf = 'gaussian' if cfg.psf_gaussian_prob > 0 and rng.random() < cfg.psf_gaussian_prob else 'disk'
     scale = 1.0 if tuple(cfg.blur_scale) == (1.0, 1.0) else _log_uniform(rng, *cfg.blur_scale)
-    true_lens = lens if scale == 1.0 else LensModel(lens.focal_length_m, lens.f_number, lens.pixel_pitch_m / scale)
-    frames = render_focal_stack(rgb, depth, focus, true_lens, f_numbers=fnums, noise=noise, quantize_bits=8,
+    frames = render_focal_stack(rgb, depth, focus, lens.with_blur_scale(scale), f_numbers=fnums, noise=noise, quantize_bits=8,
                                 rng=rng, psf=psf)
     chw = np.ascontiguousarray(np.moveaxis(np.asarray(frames, np.float32), -1, 1))     # F x 3 x S x S
     if cfg.family == 'dfv':

@@ -104,11 +104,8 @@ def render_variant(variant: str, rgb: np.ndarray, depth_m: np.ndarray, focus_m: 
         frames = linear_to_srgb(lin.clamp(0.0, 1.0)).numpy().transpose(0, 2, 3, 1)
         frames = np.round(np.clip(frames, 0.0, 1.0) * 255.0) / 255.0
     else:
-        true_lens = lens
-        if variant.startswith('blur_x'):
-            scale = float(variant[len('blur_x'):])
-            true_lens = LensModel(lens.focal_length_m, lens.f_number, lens.pixel_pitch_m / scale)
-        frames = render_focal_stack(rgb, depth_m, focus_m, true_lens, noise=noise, quantize_bits=8, rng=int(seed),
+        scale = float(variant[len('blur_x'):]) if variant.startswith('blur_x') else 1.0
+        frames = render_focal_stack(rgb, depth_m, focus_m, lens.with_blur_scale(scale), noise=noise, quantize_bits=8, rng=int(seed),
                                     psf='gaussian' if variant == 'gaussian_psf' else 'disk',
                                     linear_light=variant != 'srgb_blur')
     return FocalStack(frames=np.asarray(frames, dtype=np.float32), focus_m=np.asarray(focus_m, dtype=np.float64),
