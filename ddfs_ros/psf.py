@@ -87,9 +87,58 @@ def gaussian_psfs(radii_px: Sequence[float] | np.ndarray, half_size: int | None 
     return area / area.sum(axis=(1, 2), keepdims=True)
 
 
-#: PSF shapes the renderer can draw: the thin-lens disk (the model of every volume) and a
-#: Gaussian of the same second moment (a lens that departs from it).
-PSF_SHAPES = {'disk': disk_psfs, 'gaussian': gaussian_psfs}
+#: Extra half-width (px) of a ``disk_otf`` kernel beyond the disk: its band-limited edge rings a little.
+OTF_MARGIN_PX = 3
+
+
+def disk_otf(radius_px: float, shape: tuple[int, int]) -> np.ndarray:
+    """Optical transfer function of a continuous disk of ``radius_px`` on an H x W FFT grid.
+
+    ``2 J1(2 pi r rho) / (2 pi r rho)`` at radial frequency ``rho`` (cycles/px), 1 at
+    ``rho = 0`` and for ``r = 0``: real, even, H x W float64 in ``np.fft.fftfreq`` order.
+    """
+    from scipy.special import j1
+    H, W = shape
+    rho = np.hypot(np.fft.fftfreq(H)[:, None], np.fft.fftfreq(W)[None, :])
+    x = 2.0 * np.pi * float(radius_px) * rho
+    out = np.ones_like(x)
+    nz = x > 1e-9
+    out[nz] = 2.0 * j1(x[nz]) / x[nz]
+    return out
+
+
+def disk_otf_psfs(radii_px: Sequence[float] | np.ndarray, half_size: int | None = None) -> np.ndarray:
+    """The thin-lens disk as a band-limited image sees it: no dead zone below ``r = 0.5``.
+
+    :func:`disk_psfs` integrates the disk over each pixel as if the scene were constant
+    inside a pixel, so any disk that fits inside one pixel (``r < 0.5``) is a delta and a
+    small defocus leaves the image unchanged.  A real scene has detail between the
+    samples, and a disk of radius 0.3 px already lowers the contrast at Nyquist by ~10 %.
+    Here the image is taken as band-limited samples (sinc reconstruction): the kernel is
+    the continuous disk's OTF (:func:`disk_otf`) brought back to pixels, cropped to
+    ``R = ceil(r) + OTF_MARGIN_PX`` and normalised to sum 1.  Same second moment as the
+    disk for large ``r``; ``r = 0`` is the delta.  Returns K x (2R+1) x (2R+1) float64.
+    """
+    r = np.atleast_1d(np.asarray(radii_px, dtype=np.float64))
+    if np.any(~np.isfinite(r)) or np.any(r < 0):
+        raise ValueError('PSF radii must be finite and >= 0')
+    R = int(math.ceil(float(r.max()))) + OTF_MARGIN_PX if half_size is None else int(half_size)
+    n = 2 * (2 * R + 1)                     # grid twice the kernel: the sinc tails wrap outside the crop
+    out = []
+    for ri in r:
+        k = np.fft.fftshift(np.real(np.fft.ifft2(disk_otf(ri, (n, n)))))
+        c = n // 2
+        k = k[c - R:c + R + 1, c - R:c + R + 1]
+        out.append(k / k.sum())
+    return np.stack(out)
+
+
+#: PSF shapes the renderer can draw: the thin-lens disk (the model of every volume), the
+#: same disk without the dead zone below half a pixel (``disk_otf``: a band-limited image),
+#: and a Gaussian of the same second moment (a lens that departs from the disk).
+PSF_SHAPES = {'disk': disk_psfs, 'disk_otf': disk_otf_psfs, 'gaussian': gaussian_psfs}
+#: Shapes whose ``r < DELTA_RADIUS_PX`` is a delta.
+DELTA_SHAPES = ('disk', 'gaussian')
 
 
 def disk_psf(radius_px: float) -> np.ndarray:

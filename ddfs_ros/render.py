@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from .optics import LensModel
-from .psf import DELTA_RADIUS_PX, PSF_SHAPES, kernels_to_spectra
+from .psf import DELTA_RADIUS_PX, DELTA_SHAPES, OTF_MARGIN_PX, PSF_SHAPES, kernels_to_spectra
 from .stack import FocalStack
 
 #: Default largest change of blur diameter (px) between neighbouring blur nodes.
@@ -183,6 +183,7 @@ class _DiskSpectrumTable:
                  psf: str = 'disk') -> None:
         self.shape = shape
         self.kernels = PSF_SHAPES[psf]
+        self.delta_px = DELTA_RADIUS_PX if psf in DELTA_SHAPES else 0.0
         self.device = device
         self.dtype = dtype
         self.table = torch.zeros((0, shape[0], shape[1], 2), dtype=dtype, device=device)
@@ -208,13 +209,14 @@ class _DiskSpectrumTable:
     def locate(self, radii_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lower table row (int64) and interpolation weight towards the next row, per radius.
 
-        ``r < 0.5`` maps to the delta (row 0, weight 0) as in :mod:`ddfs_ros.psf`.  The
+        ``r < 0.5`` maps to the delta (row 0, weight 0) as in :mod:`ddfs_ros.psf` (not for
+        ``disk_otf``, which has no such dead zone).  The
         rows are filled on the way.  Interpolating (rather than rounding), and finer rows
         below 2 px, matter for small blurs: near r = 0.75 px a 1/16 px change of radius
         moves ~10% of the weight between the centre pixel and its neighbours.
         """
         r = np.asarray(radii_px, dtype=np.float64)
-        pos = _table_position(np.where(r < DELTA_RADIUS_PX, 0.0, r))
+        pos = _table_position(np.where(r < self.delta_px, 0.0, r))
         i0 = np.floor(pos + 1e-9).astype(np.int64)
         t = np.clip(pos - i0, 0.0, 1.0)
         t = np.where(t < 1e-6, 0.0, t)
@@ -386,8 +388,11 @@ def render_focal_stack(rgb: np.ndarray, depth_m: np.ndarray, focus_m: Sequence[f
         max_step_px: largest blur-diameter change (px) between neighbouring bins.
         occlusion_step_px: largest blur-diameter spread (px) inside one occlusion layer.
         linear_light: decode sRGB before blurring and encode after (default True).
-        psf: blur-spot shape, ``'disk'`` (thin lens, default) or ``'gaussian'`` (same
-            second moment, std = radius / 2: a lens that departs from the thin lens).
+        psf: blur-spot shape, ``'disk'`` (thin lens, default; DESIGN.md's pixel-area disk,
+            a delta below r = 0.5 px), ``'disk_otf'`` (the same disk on a band-limited
+            image: a sub-pixel defocus still softens it, as in a real camera) or
+            ``'gaussian'`` (same second moment, std = radius / 2: a lens that departs from
+            the thin lens).
 
     Returns:
         F x H x W x C float32 in [0, 1] (C as the input; 3 for RGB).
@@ -465,8 +470,9 @@ def _composite(image: torch.Tensor, plan: LayerPlan, radii: np.ndarray, dev: tor
     F = radii.shape[0]
     planes_n = C + 1 + (C + 1) % 2                             # colour + coverage, padded to even
     P = planes_n // 2
-    # a Gaussian spot reaches 1.5 radii (3 std) where a disk stops at 1
-    pad = int(math.ceil(radii.max() * (1.5 if psf == 'gaussian' else 1.0))) + 1
+    # a Gaussian spot reaches 1.5 radii (3 std), a band-limited disk rings OTF_MARGIN_PX further
+    pad = int(math.ceil(radii.max() * (1.5 if psf == 'gaussian' else 1.0))) + 1 \
+        + (OTF_MARGIN_PX if psf == 'disk_otf' else 0)
     Hp = _fft_size(H + 2 * pad)
     Wp = _fft_size(W + 2 * pad)
     rows = torch.as_tensor(_mirror_index(H, pad, Hp - H - pad), device=dev)

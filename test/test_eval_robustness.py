@@ -48,8 +48,12 @@ def test_variants_change_the_optics_but_not_the_lens_the_node_is_told():
     # more true blur than told: softer frames; less: sharper
     assert _sharpness(stacks['blur_x1.25'].frames) < _sharpness(stacks['reference'].frames) \
         < _sharpness(stacks['blur_x0.8'].frames)
-    for v in ('gaussian_psf', 'srgb_blur', 'gather'):
+    for v in ('gaussian_psf', 'disk_otf', 'srgb_blur', 'gather', 'exposure'):
         assert not np.array_equal(stacks[v].frames, stacks['reference'].frames), v
+    # exposure: each frame's mean brightness moves by its own gain, the blur stays
+    ratio = stacks['exposure'].frames.mean((1, 2, 3)) / stacks['reference'].frames.mean((1, 2, 3))
+    assert np.all(np.abs(ratio - 1) < 0.05) and np.ptp(ratio) > 0.005
+    assert abs(_sharpness(stacks['exposure'].frames) / _sharpness(stacks['reference'].frames) - 1) < 0.1
     with pytest.raises(ValueError):
         render_variant('nope', rgb, depth, focus, LENS)
 

@@ -353,6 +353,32 @@ def test_a_miscalibrated_blur_renders_other_frames_under_the_nominal_lens():
     assert sharpness(blurrier['frames']) < sharpness(exact['frames']) < sharpness(sharper['frames'])
 
 
+def test_band_limited_share_draws_the_otf_disk_and_leaves_other_configs_unchanged():
+    from training.stack_data import StackDataConfig, make_sample
+
+    base = StackDataConfig(family='ddfs', size=32, frames=3, num_hypotheses=8, sources={'procedural': 1.0},
+                           noise_prob=0.0, aperture_pair_prob=0.0, unsorted_prob=0.0)
+    exact = make_sample(base, 'train', 0, 1)
+    again = make_sample(StackDataConfig(**{**base.__dict__, 'psf_otf_prob': 0.0}), 'train', 0, 1)
+    np.testing.assert_array_equal(exact['frames'], again['frames'])     # the default draws nothing more
+    otf = make_sample(StackDataConfig(**{**base.__dict__, 'psf_otf_prob': 1.0}), 'train', 0, 1)
+    assert exact['meta']['psf'] == 'disk' and otf['meta']['psf'] == 'disk_otf'
+    np.testing.assert_array_equal(otf['gt'], exact['gt'])
+    assert not np.array_equal(otf['frames'], exact['frames'])
+
+
+def test_parts_marked_train_false_are_validated_but_not_trained_on():
+    from training.stack_data import data_parts, training_parts, validation_parts
+
+    data = {'cache': 'a', 'train': False, 'extra_train': [{'cache': 'b', 'train': False, 'val': True},
+                                                          {'cache': 'c', 'psf_otf_prob': 1.0, 'val': True},
+                                                          {'cache': 'd'}]}
+    assert training_parts(data) == [2, 3] and validation_parts(data) == [0, 1, 2]
+    assert [p[1].name for p in data_parts(data)] == ['a', 'b', 'c', 'd']
+    assert data_parts(data)[2][0].psf_otf_prob == 1.0 and data_parts(data)[3][0].psf_otf_prob == 0.0
+    assert training_parts({'cache': 'a'}) == [0]
+
+
 def test_aperture_pairs_focus_where_the_config_says():
     from training.stack_data import StackDataConfig, draw_camera
 

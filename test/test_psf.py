@@ -82,3 +82,42 @@ def test_gaussian_psf_has_the_disks_second_moment(r):
     assert var(g) == pytest.approx(var(d), rel=0.12)
     # a different shape: the Gaussian is peakier and has tails beyond the disk's rim
     assert g.max() > d.max() and g[g.shape[0] // 2, 0] > 0
+
+
+def _nyquist_gain(kernel: np.ndarray) -> float:
+    """Response of a kernel to the horizontal Nyquist pattern (+1, -1, +1, ...)."""
+    c = kernel.shape[0] // 2
+    x = np.arange(-c, c + 1)
+    return float((kernel * np.cos(np.pi * x)[None, :]).sum())
+
+
+def test_band_limited_disk_has_no_dead_zone_below_half_a_pixel():
+    from ddfs_ros.psf import disk_otf, disk_otf_psfs
+
+    radii = [0.0, 0.15, 0.3, 0.45, 0.7, 1.0]
+    ks = disk_otf_psfs(radii)
+    for k in ks:
+        assert k.sum() == pytest.approx(1.0, abs=1e-9)
+        assert np.allclose(k, k[::-1, :]) and np.allclose(k, k.T)
+    c = ks.shape[1] // 2
+    assert ks[0][c, c] == pytest.approx(1.0, abs=1e-9)           # r = 0 is the delta
+    gains = [_nyquist_gain(k) for k in ks]
+    assert all(a > b for a, b in zip(gains, gains[1:]))          # every sub-pixel defocus softens
+    # ... where the pixel-area disk is a delta up to r = 0.5
+    assert [_nyquist_gain(disk_psf(r)) for r in (0.15, 0.3, 0.45)] == [1.0, 1.0, 1.0]
+    # the continuous disk's OTF at Nyquist: 2 J1(pi r) / (pi r)
+    from scipy.special import j1
+    assert gains[2] == pytest.approx(2 * j1(np.pi * 0.3) / (np.pi * 0.3), abs=0.02)
+    assert disk_otf(0.3, (8, 8))[0, 4] == pytest.approx(2 * j1(np.pi * 0.3) / (np.pi * 0.3))
+
+
+@pytest.mark.parametrize('r', [3.0, 6.0])
+def test_band_limited_disk_matches_the_pixel_disk_for_large_blur(r):
+    from ddfs_ros.psf import disk_otf_psfs
+
+    k = disk_otf_psfs([r])[0]
+    d = disk_psf(r)
+    m = (k.shape[0] - d.shape[0]) // 2
+    inner = k[m:m + d.shape[0], m:m + d.shape[0]]
+    assert np.abs(inner - d).max() < 0.15 * d.max()
+    assert np.abs(k).sum() - inner.sum() < 0.1                   # the band limit rings a little (Gibbs)

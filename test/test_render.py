@@ -88,6 +88,24 @@ def test_gaussian_spot_equals_gaussian_convolution_and_unknown_shapes_are_reject
         render_focal_stack(rgb, depth, [focus], LENS, psf='airy')
 
 
+def test_band_limited_disk_softens_a_sub_pixel_defocus_the_pixel_disk_leaves_sharp():
+    from ddfs_ros.psf import disk_otf_psfs
+
+    size, focus, radius = 64, 1.0, 0.35
+    slope = LENS.focal_length_m ** 2 * focus / (LENS.f_number * (focus - LENS.focal_length_m) * LENS.pixel_pitch_m)
+    depth = np.full((size, size), 1.0 / (1.0 / focus + 2 * radius / slope), np.float32)
+    rgb = named_texture('astronaut', size)
+    disk = render_focal_stack(rgb, depth, [focus], LENS)[0]
+    otf = render_focal_stack(rgb, depth, [focus], LENS, psf='disk_otf')[0]
+    np.testing.assert_allclose(disk, np.clip(rgb, 0, 1), atol=2e-3)          # r < 0.5: a delta
+    lin = to_linear(rgb)
+    kernel = disk_otf_psfs([radius])[0]
+    expected = to_srgb(np.clip(np.stack([ndimage.convolve(lin[..., c], kernel, mode='reflect')
+                                         for c in range(3)], -1), 0, 1))
+    np.testing.assert_allclose(otf[8:-8, 8:-8], expected[8:-8, 8:-8], atol=3e-3)
+    assert np.abs(otf - disk).mean() > 2e-3
+
+
 def test_psf_table_interpolates_disk_spectra():
     from ddfs_ros.psf import kernels_to_spectra
     from ddfs_ros.render import _spectrum_table

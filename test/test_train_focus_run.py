@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -59,6 +60,21 @@ def test_selection_over_val_parts_resume_and_growth(tmp_path, monkeypatch):
     rows = [r.split(',') for r in (tmp_path / 'ck' / 'curve.csv').read_text().splitlines()[1:]]
     assert all(r[-1] == r[1] for r in rows[:2])          # one validation part: selection = part 0
     assert len(rows) == 4 and all(float(r[-1]) > 0 for r in rows)
+
+    # select on part b only, and stop training on part a (its validation split is still logged)
+    conf['train']['select_on'] = ['b']
+    conf['data']['train'] = False
+    log = _run(tmp_path, conf, 24)
+    assert "validation now on ['b']" in log and 'best.pt chosen on b' in log
+    assert 'training shards in ' + str(tmp_path / 'b') in log
+    ck = torch.load(tmp_path / 'ck' / 'last.pt', weights_only=False)
+    assert ck['selected_on'] == ['b']
+    row = (tmp_path / 'ck' / 'curve.csv').read_text().splitlines()[-1].split(',')
+    assert row[-1] != row[1]                                 # selection = part b, the curve = part a
+    conf['train']['select_on'] = ['nope']
+    with pytest.raises(ValueError, match='select_on'):
+        _run(tmp_path, conf, 28)
+    del conf['train']['select_on'], conf['data']['train']
 
     # growing the network by the focus curve resumes from the same weights, fresh optimiser
     conf['model']['kwargs']['focus_curve'] = True

@@ -90,6 +90,12 @@ class StackDataConfig:
     # Share of stacks drawn with a Gaussian blur spot (:func:`ddfs_ros.psf.gaussian_psfs`,
     # same second moment) instead of the thin-lens disk: real lenses are neither.
     psf_gaussian_prob: float = 0.0
+    # Share of the other stacks drawn with the band-limited disk (``psf='disk_otf'``,
+    # :func:`ddfs_ros.psf.disk_otf_psfs`) instead of the pixel-area disk of DESIGN.md, whose
+    # r < 0.5 px delta leaves a sub-pixel defocus invisible; a real camera (and the shared
+    # bags' renderer: session 8) sees it, and in a sweep with a few px of blur in all that
+    # is most of what tells neighbouring focus positions apart.
+    psf_otf_prob: float = 0.0
     # True blur / the blur the lens values say (log-uniform; (1, 1) = exact): the frames are
     # rendered with the pitch divided by it, the sample keeps the nominal lens (the cost volume
     # and the focus volume use it), as a camera's nominal f-number, focal length or focus
@@ -238,6 +244,8 @@ def make_sample(cfg: StackDataConfig, split: str, seed: int, index: int) -> dict
     if rng.random() < cfg.noise_prob:
         noise = SensorNoise(full_well=_log_uniform(rng, *cfg.full_well), read_noise=float(rng.uniform(*cfg.read_noise)))
     psf = 'gaussian' if cfg.psf_gaussian_prob > 0 and rng.random() < cfg.psf_gaussian_prob else 'disk'
+    if psf == 'disk' and cfg.psf_otf_prob > 0 and rng.random() < cfg.psf_otf_prob:
+        psf = 'disk_otf'
     scale = 1.0 if tuple(cfg.blur_scale) == (1.0, 1.0) else _log_uniform(rng, *cfg.blur_scale)
     frames = render_focal_stack(rgb, depth, focus, lens.with_blur_scale(scale), f_numbers=fnums, noise=noise, quantize_bits=8,
                                 rng=rng, psf=psf)
@@ -393,6 +401,13 @@ def data_parts(data: dict) -> list[tuple[StackDataConfig, Path, int]]:
 def validation_parts(data: dict) -> list[int]:
     """Indices of the parts whose ``val`` split is rendered and validated on: 0 and those marked ``val: true``."""
     return [0] + [i for i, extra in enumerate(data.get('extra_train') or [], start=1) if extra.get('val')]
+
+
+def training_parts(data: dict) -> list[int]:
+    """Indices of the parts trained on: all but those marked ``train: false`` (kept for their
+    validation split, or for a run that resumes an older schedule)."""
+    entries = [data] + list(data.get('extra_train') or [])
+    return [i for i, e in enumerate(entries) if e.get('train', True)]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from ddfs_ros.focus_bins import extrapolated_focus
 
 from .models.focusnets import CostFocusUNet, FocusStackNet, data_options
-from .stack_data import ShardDataset, data_parts, validation_parts
+from .stack_data import ShardDataset, data_parts, training_parts, validation_parts
 
 
 def build(family: str, model_kwargs: dict) -> torch.nn.Module:
@@ -227,14 +227,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         log.flush()
 
     parts = data_parts(conf['data'])
-    train_folders = [p[1] for p in parts]
+    train_folders = [parts[i][1] for i in training_parts(conf['data'])]
     amp = (a.amp or t.get('amp', 'fp32')) == 'bf16'
     # Validation: part 0's split (the curve, comparable across sessions) and the split of
     # every part marked ``val: true``; checkpoints are chosen on all of them pooled.
     val_folders = [parts[i][1] for i in validation_parts(conf['data'])]
     opts = data_options(model)
     vals = [ShardDataset(f, 'val', family, **opts) for f in val_folders]
-    selection = [f.name for f in val_folders]
+    # train.select_on: the validation parts that choose best.pt (default all); the others are logged
+    select_on = t.get('select_on') or [f.name for f in val_folders]
+    chosen = [i for i, f in enumerate(val_folders) if f.name in select_on]
+    if len(chosen) != len(select_on):
+        raise ValueError(f'train.select_on {select_on} names a part that is not validated ({[f.name for f in val_folders]})')
+    selection = [val_folders[i].name for i in chosen]
     fm_path = out / 'focus_measure_val.json'
     if not fm_path.exists():
         fm_path.write_text(json.dumps(focus_measure_on(vals[0])))
@@ -249,10 +254,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         ref_ck = torch.load(out / 'best.pt', map_location='cpu', weights_only=False)
         ref = build(family, ref_ck['config']['model'].get('kwargs', {}))
         ref.load_state_dict(ref_ck['model'])
-        best = pooled(validate_all(ref, family, vals))['abs_rel']
+        # an older, smaller network takes fewer inputs than the one trained now
+        ref_opts = data_options(ref)
+        ref_vals = [vals[i] if ref_opts == opts else ShardDataset(val_folders[i], 'val', family, **ref_opts)
+                    for i in chosen]
+        best = pooled(validate_all(ref, family, ref_vals))['abs_rel']
         say(f'validation now on {selection}: the previous best.pt scores {best:.4f} there')
     say(f'{name}: {sum(p.numel() for p in model.parameters())} parameters, '
-        f'{" + ".join(str(len(v)) for v in vals)} validation stacks ({", ".join(selection)}), '
+        f'{" + ".join(str(len(v)) for v in vals)} validation stacks ({", ".join(f.name for f in val_folders)}; '
+        f'best.pt chosen on {", ".join(selection)}), '
         f'focus measure on them {json.loads(fm_path.read_text())} {fm_sel}, resuming at {samples} samples, '
         f'{"bf16 autocast" if amp else "fp32"}, training shards in {", ".join(map(str, train_folders))}')
     curve = out / 'curve.csv'
@@ -299,7 +309,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             if samples >= next_val:
                 next_val += val_every
                 each = validate_all(model, family, vals)
-                v, sel = each[0], pooled(each)
+                v, sel = each[0], pooled([each[i] for i in chosen])
                 wall = wall0 + time.time() - t_start
                 tl = float(np.mean(losses)) if losses else float('nan')
                 losses = []

@@ -11,12 +11,19 @@ that a margin over the focus measure that only holds for our own renderer shows 
 - ``reference``: our renderer, the lens as told;
 - ``gaussian_psf``: a Gaussian blur spot of the same second moment (a lens with
   aberrations is between a disk and a Gaussian);
+- ``disk_otf``: the disk on a band-limited image (:func:`ddfs_ros.psf.disk_otf_psfs`): a
+  sub-pixel defocus softens the frame, where the pixel-area disk is a delta below half a
+  pixel (a real camera, and the shared bags' renderer, behave like this one);
 - ``srgb_blur``: the blur applied to the sRGB-encoded values (no linearisation), as many
   simple renderers do;
 - ``gather``: each pixel takes the uniform disk blur of its own depth (no occlusion
   layers: the usual depth-dependent blur of graphics tools);
 - ``blur_x1.25`` / ``blur_x0.8``: the true blur 1.25x larger / smaller than the lens
-  parameters the node is given say (a pixel pitch, f-number or focal length that is off).
+  parameters the node is given say (a pixel pitch, f-number or focal length that is off);
+- ``exposure``: every frame's exposure off by a gain drawn log-uniform in
+  :data:`EXPOSURE_GAIN` (applied to linear light before the noise): auto-exposure flicker
+  over a sweep, or the two shots of an aperture pair (the real f/2.8 + f/8 pairs of
+  ``real_dfd_indoor_train`` differ in mean brightness by 0.97-1.04x, 10th-90th percentile).
 
 Scenes come from the real RGB-D splits of :mod:`ddfs_ros.data_splits` (default: the
 validation split, so that nothing here is a test figure) or from procedural scenes
@@ -41,11 +48,15 @@ from ..stack import FocalStack
 VARIANTS = {
     'reference': 'our renderer (thin-lens disk, linear light, occlusion layers), exact lens',
     'gaussian_psf': 'Gaussian blur spot of the same second moment',
+    'disk_otf': 'the disk on a band-limited image: no dead zone below r = 0.5 px',
     'srgb_blur': 'blur applied to sRGB-encoded values',
     'gather': 'per-pixel uniform disk blur of its own depth, no occlusion layers',
     'blur_x1.25': 'true blur 1.25x what the lens parameters say',
     'blur_x0.8': 'true blur 0.8x what the lens parameters say',
+    'exposure': 'each frame exposed with its own gain (0.95-1.05x, linear light)',
 }
+#: Range of the per-frame exposure gain of the ``exposure`` variant (log-uniform).
+EXPOSURE_GAIN = (0.95, 1.05)
 #: Scene sources -> the camera preset of ``ddfs-bag make`` they are rendered with.
 SOURCES = {'rgbd_7scenes': 'rgbd_7scenes', 'real_dfd': 'real_dfd_sweep', 'procedural': 'motorcycle'}
 #: Procedural scenes: nearest depth (m) and far / near, with the motorcycle camera a largest
@@ -94,22 +105,35 @@ def render_variant(variant: str, rgb: np.ndarray, depth_m: np.ndarray, focus_m: 
     """The 8-bit stack of ``variant`` (see :data:`VARIANTS`), labelled with the nominal ``lens``."""
     import torch
 
-    from ..render import linear_to_srgb, render_focal_stack
+    from ..render import render_focal_stack, srgb_to_linear
     if variant not in VARIANTS:
         raise ValueError(f'variant must be one of {sorted(VARIANTS)}, got {variant!r}')
     if variant == 'gather':
-        lin = torch.as_tensor(gather_render(rgb, depth_m, focus_m, lens).transpose(0, 3, 1, 2).copy())
-        if noise is not None:
-            lin = noise.apply(lin, torch.Generator().manual_seed(int(seed)))
-        frames = linear_to_srgb(lin.clamp(0.0, 1.0)).numpy().transpose(0, 2, 3, 1)
-        frames = np.round(np.clip(frames, 0.0, 1.0) * 255.0) / 255.0
+        frames = _expose(torch.as_tensor(gather_render(rgb, depth_m, focus_m, lens).transpose(0, 3, 1, 2).copy()),
+                         noise, seed)
+    elif variant == 'exposure':
+        clean = render_focal_stack(rgb, depth_m, focus_m, lens)      # sRGB, no noise, not quantised
+        lin = srgb_to_linear(torch.as_tensor(np.ascontiguousarray(clean.transpose(0, 3, 1, 2))))
+        gain = np.exp(np.random.default_rng(int(seed)).uniform(*np.log(EXPOSURE_GAIN), size=(len(clean), 1, 1, 1)))
+        frames = _expose(lin * torch.as_tensor(gain, dtype=lin.dtype), noise, seed)
     else:
         scale = float(variant[len('blur_x'):]) if variant.startswith('blur_x') else 1.0
         frames = render_focal_stack(rgb, depth_m, focus_m, lens.with_blur_scale(scale), noise=noise, quantize_bits=8, rng=int(seed),
-                                    psf='gaussian' if variant == 'gaussian_psf' else 'disk',
+                                    psf={'gaussian_psf': 'gaussian', 'disk_otf': 'disk_otf'}.get(variant, 'disk'),
                                     linear_light=variant != 'srgb_blur')
     return FocalStack(frames=np.asarray(frames, dtype=np.float32), focus_m=np.asarray(focus_m, dtype=np.float64),
                       lens=lens)
+
+
+def _expose(lin, noise, seed: int) -> np.ndarray:
+    """F x H x W x C 8-bit sRGB frames from F x C x H x W linear light (noise in linear light)."""
+    import torch
+
+    from ..render import linear_to_srgb
+    if noise is not None:
+        lin = noise.apply(lin, torch.Generator().manual_seed(int(seed)))
+    frames = linear_to_srgb(lin.clamp(0.0, 1.0)).numpy().transpose(0, 2, 3, 1)
+    return np.round(np.clip(frames, 0.0, 1.0) * 255.0) / 255.0
 
 
 def scenes_of(source: str, split: str, count: int, size: Optional[int] = None, seed: int = 0):
