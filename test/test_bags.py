@@ -74,6 +74,13 @@ def test_ddfs_bag_cli_make_and_info(tmp_path, capsys):
     assert all(gt is not None and gt.shape == (32, 32) for _, gt in stacks)
     assert bag_cli.main(['info', str(out)]) == 0
     assert 'robot/cam' in capsys.readouterr().out
+    # the band-limited disk: same scenes and focus, other frames
+    otf = tmp_path / 'cli_bag_otf'
+    assert bag_cli.main(['make', str(otf), '--source', 'procedural', '--stacks', '2', '--size', '32x32',
+                         '--focus', '0.4,0.8,1.6', '--storage', 'sqlite3', '--no-noise', '--psf', 'disk_otf']) == 0
+    for (a, ga), (b, gb) in zip(stacks, read_stacks(otf)):
+        np.testing.assert_array_equal(ga, gb)
+        assert not np.array_equal(a.frames, b.frames)
 
 
 def _write_corrupted_bag(path: Path) -> list:

@@ -118,6 +118,7 @@ class CameraConfig:
     focus_jitter: float = 0.0
     breathing: float = 0.0
     jitter_px: float = 0.0
+    psf: str = 'disk'          # blur spot of the renderer (ddfs_ros.psf.PSF_SHAPES); disk_otf: no dead zone below 0.5 px
     encoding: str = 'rgb8'
     frame_id: str = 'camera_optical_frame'
     rate: float = 1.0
@@ -418,7 +419,7 @@ def make_bag(out, source: str, cam: CameraConfig, stacks: int, storage: str = 'm
             lens = LensModel(cam.focal_length, cam.f_number, sc.pitch)
             stack = render_stack(sc.rgb, render_depth, focus, lens, cam.f_numbers, noise=noise,
                                  quantize_bits=quantize_bits_for(cam.encoding), rng=int(seed) * 100003 + k,
-                                 stamp_ns=start_ns + k * period_ns, frame_id=cam.frame_id)
+                                 stamp_ns=start_ns + k * period_ns, frame_id=cam.frame_id, psf=cam.psf)
             if cam.breathing or cam.jitter_px:
                 # focus breathing + camera shake relative to the farthest-focused frame, so
                 # depth_gt stays registered with the pipeline's default reference frame
@@ -467,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='magnification change over the sweep (0.03: nearest-focused frame 3 %% larger)')
     m.add_argument('--jitter-px', type=float, default=None,
                    help='random per-frame shift, uniform in +-JITTER_PX px (camera shake)')
+    m.add_argument('--psf', choices=('disk', 'disk_otf', 'gaussian'), default=None,
+                   help="blur spot: disk (DESIGN.md's pixel-area disk, default), disk_otf (the disk on a "
+                        "band-limited image: a sub-pixel defocus softens the frame, as in a real camera), gaussian")
     m.add_argument('--no-gt', action='store_true', help='leave out focal_stack/depth_gt')
     m.add_argument('--seed', type=int, default=None)
     i = sub.add_parser('info', help='list the stacks of a bag and what is wrong with any of them')
@@ -531,6 +535,8 @@ def apply_overrides(cam: CameraConfig, args) -> CameraConfig:
         cam.breathing = args.breathing
     if getattr(args, 'jitter_px', None) is not None:
         cam.jitter_px = args.jitter_px
+    if getattr(args, 'psf', None):
+        cam.psf = args.psf
     return cam
 
 
