@@ -87,6 +87,17 @@ def test_simulated_plane_is_sharpest_where_focused():
     assert int(np.argmax(sharp)) == 2, sharp
 
 
+def test_simulated_band_limited_disk_softens_a_sub_pixel_defocus():
+    kw = dict(focal_length_m=0.01, f_number=1.4, pixel_pitch_m=20e-6, plane_depth_m=0.6, noise=None)
+    # focused 1 % behind the plane: a blur radius of ~0.04 px, a delta for the pixel-area disk
+    focus = np.array([0.6 * 1.01, 2.5])
+    disk = SimulatedCamera('plane', 64, 64, **kw).capture_sweep(focus).frames
+    otf = SimulatedCamera('plane', 64, 64, psf='disk_otf', **kw).capture_sweep(focus).frames
+    assert _sharpness(otf[0]) < _sharpness(disk[0])
+    with pytest.raises(ValueError, match='psf'):
+        SimulatedCamera('plane', 64, 64, psf='airy', **kw)
+
+
 def test_simulated_noise_is_fresh_each_sweep_and_seeded():
     kw = dict(scene='plane', width=32, height=32, focal_length_m=0.01, f_number=2.0, pixel_pitch_m=20e-6,
               noise={'full_well': 500.0, 'read_noise': 2.0})

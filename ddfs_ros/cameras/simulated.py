@@ -58,6 +58,8 @@ class SimulatedCamera(FocusCamera):
             3 % larger than the farthest), :func:`ddfs_ros.align.misalign_stack`.
         jitter_px: per-frame random shift (uniform in +-jitter_px px) of every frame but the
             farthest-focused one (camera shake); depth_gt stays registered with that frame.
+        psf: the renderer's blur spot (:data:`ddfs_ros.psf.PSF_SHAPES`): ``disk`` (DESIGN.md),
+            ``disk_otf`` (no dead zone below r = 0.5 px, as a real camera) or ``gaussian``.
         focus_motor: the simulated focus control for :meth:`capture_raw` (``mode:
             calibrate``): an object with ``distance_m(raw)``; default
             :class:`~ddfs_ros.calibration.SimulatedFocusMotor` (raw 0..255 -> 0.1..2.0 m,
@@ -69,7 +71,11 @@ class SimulatedCamera(FocusCamera):
                  noise=None, seed: int = 0, plane_depth_m: float = 1.0,
                  depth_range_m: Sequence[float] = (0.5, 3.0), rgb_path: str = '', depth_path: str = '',
                  depth_scale: float = 0.001, texture: str = 'astronaut', device: str = 'cpu',
-                 breathing: float = 0.0, jitter_px: float = 0.0, focus_motor=None) -> None:
+                 breathing: float = 0.0, jitter_px: float = 0.0, focus_motor=None, psf: str = 'disk') -> None:
+        from ..psf import PSF_SHAPES
+        if psf not in PSF_SHAPES:
+            raise ValueError(f'psf must be one of {sorted(PSF_SHAPES)}, got {psf!r}')
+        self.psf = psf
         self.breathing, self.jitter_px = float(breathing), float(jitter_px)
         if focus_motor is None:
             from ..calibration import SimulatedFocusMotor
@@ -135,7 +141,7 @@ class SimulatedCamera(FocusCamera):
             if len(self._cache) > 8:
                 self._cache.clear()
             self._cache[key] = render_focal_stack(self.rgb, self.depth, focus_m, self.lens, f_numbers,
-                                                  device=self.device)
+                                                  device=self.device, psf=self.psf)
         return self._cache[key]
 
     def capture_sweep(self, focus_m, f_numbers=None) -> Sweep:
@@ -177,7 +183,7 @@ class SimulatedCamera(FocusCamera):
             # says so): such frames are flat either way, the focus peak is unaffected
             warnings.simplefilter('ignore', RuntimeWarning)
             frame = render_focal_stack(rgb, np.full((self.height, self.width), float(target_m), np.float32),
-                                       [focus], self.lens, device=self.device)
+                                       [focus], self.lens, device=self.device, psf=self.psf)
         if self.noise is not None:
             from ..render import linear_to_srgb, srgb_to_linear
             lin = srgb_to_linear(torch.from_numpy(frame).to(self.device))

@@ -153,6 +153,9 @@ class CaptureNode(Node):
         d('depth_path', '', describe('rgbd scene: depth image file', **ro))
         d('depth_scale', 0.001, describe('rgbd scene: metres per depth unit', lo=1e-9, hi=1e3, **ro))
         d('publish_depth_gt', False, describe('publish focal_stack/depth_gt (simulated only)', **ro))
+        d('psf', 'disk', describe("simulated blur spot: disk (DESIGN.md's pixel-area disk), disk_otf (the disk on a "
+                                  'band-limited image: a sub-pixel defocus softens the frame, as in a real camera), '
+                                  'gaussian', choices=['disk', 'disk_otf', 'gaussian'], **ro))
         d('noise', True, describe('simulated sensor noise', **ro))
         d('noise_full_well', 1000.0, describe('photo-electrons at full scale', lo=1.0, hi=1e7, **ro))
         d('noise_read_noise', 2.0, describe('read noise (electrons rms)', lo=0.0, hi=1e4, **ro))
@@ -186,7 +189,7 @@ class CaptureNode(Node):
                            focal_length_m=p('focal_length'), f_number=p('f_number'), pixel_pitch_m=p('pixel_pitch'),
                            noise=noise, seed=p('seed'), plane_depth_m=p('plane_depth'),
                            depth_range_m=list(p('depth_range')), rgb_path=p('rgb_path'),
-                           depth_path=p('depth_path'), depth_scale=p('depth_scale'))
+                           depth_path=p('depth_path'), depth_scale=p('depth_scale'), psf=p('psf'))
 
     def _schedule(self) -> np.ndarray:
         p = self._param
