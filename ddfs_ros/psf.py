@@ -116,8 +116,9 @@ def disk_otf_psfs(radii_px: Sequence[float] | np.ndarray, half_size: int | None 
     samples, and a disk of radius 0.3 px already lowers the contrast at Nyquist by ~10 %.
     Here the image is taken as band-limited samples (sinc reconstruction): the kernel is
     the continuous disk's OTF (:func:`disk_otf`) brought back to pixels, cropped to
-    ``R = ceil(r) + OTF_MARGIN_PX`` and normalised to sum 1.  Same second moment as the
-    disk for large ``r``; ``r = 0`` is the delta.  Returns K x (2R+1) x (2R+1) float64.
+    ``R = ceil(r) + OTF_MARGIN_PX`` and normalised to sum 1.  Close to the pixel-area disk
+    for large ``r`` (the band limit rings a little at the rim, and the kernel has small
+    negative lobes); ``r = 0`` is the delta.  Returns K x (2R+1) x (2R+1) float64.
     """
     r = np.atleast_1d(np.asarray(radii_px, dtype=np.float64))
     if np.any(~np.isfinite(r)) or np.any(r < 0):
