@@ -353,6 +353,7 @@ def test_a_miscalibrated_blur_renders_other_frames_under_the_nominal_lens():
     assert sharpness(blurrier['frames']) < sharpness(exact['frames']) < sharpness(sharper['frames'])
 
 
+@needs_textures
 def test_band_limited_share_draws_the_otf_disk_and_leaves_other_configs_unchanged():
     from training.stack_data import StackDataConfig, make_sample
 
