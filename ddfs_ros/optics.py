@@ -23,6 +23,11 @@ import numpy as np
 DEFAULT_MAX_COC_PX_AT_256 = 10.0
 
 
+#: Blur-spot shapes the renderer draws (the keys of :data:`ddfs_ros.psf.PSF_SHAPES`), named
+#: here, without torch, for command-line choices and node parameters.
+PSF_SHAPE_NAMES = ('disk', 'disk_otf', 'gaussian')
+
+
 def default_max_coc_px(width_px: int) -> float:
     """Largest circle of confusion (px) the cost volume deblurs, scaled with image width."""
     return DEFAULT_MAX_COC_PX_AT_256 * float(width_px) / 256.0

@@ -121,3 +121,10 @@ def test_band_limited_disk_matches_the_pixel_disk_for_large_blur(r):
     inner = k[m:m + d.shape[0], m:m + d.shape[0]]
     assert np.abs(inner - d).max() < 0.15 * d.max()
     assert np.abs(k).sum() - inner.sum() < 0.1                   # the band limit rings a little (Gibbs)
+
+
+def test_shape_names_without_torch_match_the_renderers_shapes():
+    from ddfs_ros.optics import PSF_SHAPE_NAMES
+    from ddfs_ros.psf import PSF_SHAPES
+
+    assert tuple(PSF_SHAPES) == PSF_SHAPE_NAMES

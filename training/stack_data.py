@@ -247,8 +247,8 @@ def make_sample(cfg: StackDataConfig, split: str, seed: int, index: int) -> dict
     if psf == 'disk' and cfg.psf_otf_prob > 0 and rng.random() < cfg.psf_otf_prob:
         psf = 'disk_otf'
     scale = 1.0 if tuple(cfg.blur_scale) == (1.0, 1.0) else _log_uniform(rng, *cfg.blur_scale)
-    frames = render_focal_stack(rgb, depth, focus, lens.with_blur_scale(scale), f_numbers=fnums, noise=noise, quantize_bits=8,
-                                rng=rng, psf=psf)
+    frames = render_focal_stack(rgb, depth, focus, lens.with_blur_scale(scale), f_numbers=fnums, noise=noise,
+                                quantize_bits=8, rng=rng, psf=psf)
     chw = np.ascontiguousarray(np.moveaxis(np.asarray(frames, np.float32), -1, 1))     # F x 3 x S x S
     if cfg.family == 'dfv':
         order = np.argsort(focus, kind='stable')

@@ -230,15 +230,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     train_folders = [parts[i][1] for i in training_parts(conf['data'])]
     amp = (a.amp or t.get('amp', 'fp32')) == 'bf16'
     # Validation: part 0's split (the curve, comparable across sessions) and the split of
-    # every part marked ``val: true``; checkpoints are chosen on all of them pooled.
+    # every part marked ``val: true``; checkpoints are chosen on those named in
+    # train.select_on pooled (default: all of them).
     val_folders = [parts[i][1] for i in validation_parts(conf['data'])]
     opts = data_options(model)
     vals = [ShardDataset(f, 'val', family, **opts) for f in val_folders]
-    # train.select_on: the validation parts that choose best.pt (default all); the others are logged
     select_on = t.get('select_on') or [f.name for f in val_folders]
     chosen = [i for i, f in enumerate(val_folders) if f.name in select_on]
     if len(chosen) != len(select_on):
-        raise ValueError(f'train.select_on {select_on} names a part that is not validated ({[f.name for f in val_folders]})')
+        raise ValueError(f'train.select_on {select_on} names a part that is not validated '
+                         f'({[f.name for f in val_folders]})')
     selection = [val_folders[i].name for i in chosen]
     fm_path = out / 'focus_measure_val.json'
     if not fm_path.exists():

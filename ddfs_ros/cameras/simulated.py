@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..optics import LensModel
+from ..optics import PSF_SHAPE_NAMES, LensModel
 from .base import CameraError, FocusCamera, RawFrame, Sweep
 
 SCENES = ('motorcycle', 'procedural', 'plane', 'rgbd')
@@ -72,9 +72,8 @@ class SimulatedCamera(FocusCamera):
                  depth_range_m: Sequence[float] = (0.5, 3.0), rgb_path: str = '', depth_path: str = '',
                  depth_scale: float = 0.001, texture: str = 'astronaut', device: str = 'cpu',
                  breathing: float = 0.0, jitter_px: float = 0.0, focus_motor=None, psf: str = 'disk') -> None:
-        from ..psf import PSF_SHAPES
-        if psf not in PSF_SHAPES:
-            raise ValueError(f'psf must be one of {sorted(PSF_SHAPES)}, got {psf!r}')
+        if psf not in PSF_SHAPE_NAMES:      # the renderer checks too, but only at the first sweep
+            raise ValueError(f'psf must be one of {list(PSF_SHAPE_NAMES)}, got {psf!r}')
         self.psf = psf
         self.breathing, self.jitter_px = float(breathing), float(jitter_px)
         if focus_motor is None:

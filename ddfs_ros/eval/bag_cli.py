@@ -63,7 +63,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..optics import LensModel, focus_schedule
+from ..optics import PSF_SHAPE_NAMES, LensModel, focus_schedule
 from .bags import DEFAULT_NAMESPACE, WRITE_ENCODINGS, StackBagWriter, open_bag_info, read_bag
 
 LOG = logging.getLogger('ddfs-bag')
@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='magnification change over the sweep (0.03: nearest-focused frame 3 %% larger)')
     m.add_argument('--jitter-px', type=float, default=None,
                    help='random per-frame shift, uniform in +-JITTER_PX px (camera shake)')
-    m.add_argument('--psf', choices=('disk', 'disk_otf', 'gaussian'), default=None,
+    m.add_argument('--psf', choices=PSF_SHAPE_NAMES, default=None,
                    help="blur spot: disk (DESIGN.md's pixel-area disk, default), disk_otf (the disk on a "
                         "band-limited image: a sub-pixel defocus softens the frame, as in a real camera), gaussian")
     m.add_argument('--no-gt', action='store_true', help='leave out focal_stack/depth_gt')

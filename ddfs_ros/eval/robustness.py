@@ -118,7 +118,8 @@ def render_variant(variant: str, rgb: np.ndarray, depth_m: np.ndarray, focus_m: 
         frames = _expose(lin * torch.as_tensor(gain, dtype=lin.dtype), noise, seed)
     else:
         scale = float(variant[len('blur_x'):]) if variant.startswith('blur_x') else 1.0
-        frames = render_focal_stack(rgb, depth_m, focus_m, lens.with_blur_scale(scale), noise=noise, quantize_bits=8, rng=int(seed),
+        frames = render_focal_stack(rgb, depth_m, focus_m, lens.with_blur_scale(scale), noise=noise, quantize_bits=8,
+                                    rng=int(seed),
                                     psf={'gaussian_psf': 'gaussian', 'disk_otf': 'disk_otf'}.get(variant, 'disk'),
                                     linear_light=variant != 'srgb_blur')
     return FocalStack(frames=np.asarray(frames, dtype=np.float32), focus_m=np.asarray(focus_m, dtype=np.float64),

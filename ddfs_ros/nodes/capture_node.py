@@ -33,7 +33,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from .. import ros_io
 from ..cameras import CameraError, FocusCamera, make_camera
-from ..optics import focus_schedule
+from ..optics import PSF_SHAPE_NAMES, focus_schedule
 from ..stack import FocalStack
 from .common import describe, publisher_qos, run_node
 
@@ -155,7 +155,7 @@ class CaptureNode(Node):
         d('publish_depth_gt', False, describe('publish focal_stack/depth_gt (simulated only)', **ro))
         d('psf', 'disk', describe("simulated blur spot: disk (DESIGN.md's pixel-area disk), disk_otf (the disk on a "
                                   'band-limited image: a sub-pixel defocus softens the frame, as in a real camera), '
-                                  'gaussian', choices=['disk', 'disk_otf', 'gaussian'], **ro))
+                                  'gaussian', choices=list(PSF_SHAPE_NAMES), **ro))
         d('noise', True, describe('simulated sensor noise', **ro))
         d('noise_full_well', 1000.0, describe('photo-electrons at full scale', lo=1.0, hi=1e7, **ro))
         d('noise_read_noise', 2.0, describe('read noise (electrons rms)', lo=0.0, hi=1e4, **ro))
