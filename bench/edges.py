@@ -46,7 +46,7 @@ def upsampling_table(bags, engines, stacks: int, processing_width: int) -> str:
     from ddfs_ros.engines import load_engine
     from ddfs_ros.eval.bags import read_bag
     from ddfs_ros.eval.metrics import compute_metrics
-    from ddfs_ros.pipeline import DepthPipeline
+    from ddfs_ros.ensemble import make_pipeline
     rows = ['| bag | size | engine | upsampling | AbsRel | edge AbsRel | boundary F | upsample ms |',
             '|---|---|---|---|---|---|---|---|']
     for bag in bags:
@@ -54,7 +54,7 @@ def upsampling_table(bags, engines, stacks: int, processing_width: int) -> str:
         for eng_path in engines:
             eng = load_engine(eng_path, backend='onnxruntime', device='cpu')
             for method in METHODS:
-                pipe = DepthPipeline(eng, 'from_focus', processing_width=processing_width, upsample=method)
+                pipe = make_pipeline(eng, hypothesis_mode='from_focus', processing_width=processing_width, upsample=method)
                 ms, per = [], []
                 for b in items:
                     res = pipe.run(b.stack)
@@ -78,7 +78,7 @@ def aif_table(engines, processing_width: int) -> str:
     from ddfs_ros.engines import load_engine
     from ddfs_ros.eval.bag_cli import CAMERA_PRESETS
     from ddfs_ros.optics import focus_schedule
-    from ddfs_ros.pipeline import DepthPipeline
+    from ddfs_ros.ensemble import make_pipeline
     from ddfs_ros.stack import FocalStack
     c = CAMERA_PRESETS['motorcycle_vga']
     cam = SimulatedCamera('motorcycle', c['width'], c['height'], c['focal_length'], c['f_number'], c['pixel_pitch'],
@@ -102,7 +102,7 @@ def aif_table(engines, processing_width: int) -> str:
     rows.append(f'| composite at the true depth (oracle) | {p:.2f} | {s:.3f} |')
     for eng_path in engines:
         eng = load_engine(eng_path, backend='onnxruntime', device='cpu')
-        res = DepthPipeline(eng, 'from_focus', processing_width=processing_width).run(stack, all_in_focus=True)
+        res = make_pipeline(eng, hypothesis_mode='from_focus', processing_width=processing_width).run(stack, all_in_focus=True)
         p, s = score(res.all_in_focus)
         rows.append(f'| composite at the depth of {eng.manifest.name} | {p:.2f} | {s:.3f} |')
         print(rows[-1], flush=True)

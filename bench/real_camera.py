@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _pipeline(engine: str):
     from ddfs_ros.engines import load_engine
-    from ddfs_ros.pipeline import DepthPipeline
+    from ddfs_ros.ensemble import make_pipeline
     eng = load_engine(engine, backend='onnxruntime')
-    return DepthPipeline(eng, hypothesis_mode='from_focus', max_relative_uncertainty=None)
+    return make_pipeline(eng, hypothesis_mode='from_focus', max_relative_uncertainty=None)
 
 
 def _pipelines(engines: list) -> dict:

@@ -23,7 +23,7 @@ STAGES = ('cost_volume', 'infer', 'upsample', 'total')
 def main() -> None:
     from ddfs_ros.engines import load_engine
     from ddfs_ros.optics import LensModel
-    from ddfs_ros.pipeline import DepthPipeline
+    from ddfs_ros.ensemble import make_pipeline
     from ddfs_ros.stack import FocalStack
 
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -40,7 +40,7 @@ def main() -> None:
         for H, W, pw in CASES:
             stack = FocalStack(rng.random((5, H, W, 3), dtype=np.float32), 1 / np.linspace(1 / 0.5, 1 / 2, 5),
                                LensModel(0.008, 2.0, 8.4e-6))
-            pipe = DepthPipeline(engine, hypothesis_mode='from_focus', processing_width=pw)
+            pipe = make_pipeline(engine, hypothesis_mode='from_focus', processing_width=pw)   # an ensemble: its members' stages summed
             pipe.run(stack, all_in_focus=True)
             runs = [pipe.run(stack, all_in_focus=True).timings for _ in range(a.repeat)]
             cells = [f'{np.median([t.get(s, 0.0) for t in runs]):.0f}' for s in STAGES]

@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.environ.update(ros_env(70))
     from ddfs_ros.engines import load_engine
-    from ddfs_ros.pipeline import DepthPipeline
+    from ddfs_ros.ensemble import make_pipeline
     rows = []
     print(f'# F = 5 rgb8, processing_width {args.processing_width}, backend {args.backend} (CPU); load average '
           f'{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at start')
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     for eng_path in args.engines:
         engine = load_engine(eng_path, backend=args.backend, device='cpu')
         print(f'# {engine.manifest.name}: {engine.description}', flush=True)
-        pipeline = DepthPipeline(engine, 'from_focus', processing_width=args.processing_width)
+        pipeline = make_pipeline(engine, hypothesis_mode='from_focus', processing_width=args.processing_width)
         for size in args.sizes.split(','):
             w, h = (int(x) for x in size.lower().split('x'))
             stacks = plane_stacks(w, h, 3)

@@ -189,8 +189,11 @@ def shipped_engine(name: str) -> Path:
 
 
 def shipped_engine_params() -> list:
-    """One ``pytest.param`` per ``engines/*.json`` (id = its name); one skipped param if there is none."""
-    paths = sorted(SHIPPED_DIR.glob('*.json'))
+    """One ``pytest.param`` per single-network ``engines/*.json`` (id = its name); one skipped
+    param if there is none.  Ensemble manifests (``ddfs_ros.ensemble``) have no network of
+    their own: ``test_ensemble.py`` covers them."""
+    from ddfs_ros.ensemble import is_ensemble_manifest
+    paths = sorted(p for p in SHIPPED_DIR.glob('*.json') if not is_ensemble_manifest(p))
     if not paths:
         return [pytest.param(None, marks=pytest.mark.skip(reason='no shipped engine in engines/'))]
     return [pytest.param(p, id=p.stem) for p in paths]

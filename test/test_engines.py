@@ -380,6 +380,20 @@ def test_build_engine_tool_and_backend_share_one_plan(fake_trt, tiny_engines, tm
     assert tb.get_or_build_plan(fake_trt, None, man, (9, 0))[1] != expected
 
 
+def test_build_engine_on_an_ensemble_builds_each_member(fake_trt, tiny_engines, tmp_path, capsys):
+    from training.build_engine import main as build_main
+    a, _ = _copy_engine(tiny_engines['ddfs'], tmp_path)
+    b, _ = _copy_engine(tiny_engines['dfv_cv'], tmp_path)
+    ens = tmp_path / 'ens.json'
+    ens.write_text(json.dumps({'name': 'ens', 'family': 'ensemble', 'members': [a.name, b.name]}))
+    assert build_main([str(ens)]) == 0
+    assert fake_trt.rec.calls.count(('build',)) == 2
+    assert {('parse', load_manifest(p).sha256) for p in (a, b)} <= set(fake_trt.rec.calls)
+    assert capsys.readouterr().out.count('built ') == 2
+    ens.write_text(json.dumps({'name': 'ens', 'family': 'ensemble', 'members': [a.name]}))
+    assert build_main([str(ens)]) == 2 and 'at least two' in capsys.readouterr().err
+
+
 def test_tampered_or_unrecorded_plan_is_rebuilt_not_loaded(fake_trt, tiny_engines, tmp_path):
     from ddfs_ros.engines import tensorrt_backend as tb
     path, _ = _copy_engine(tiny_engines['ddfs'], tmp_path)

@@ -2,6 +2,8 @@
 
     python -m training.build_engine engines/NAME.json [--precision fp32|fp16] [--cache-dir DIR] [--force]
 
+An ensemble manifest (``ddfs_ros.ensemble``) builds the plan of each member.
+
 The plan goes exactly where the node's ``tensorrt`` backend looks for it: the same
 cache (``$DDFS_TRT_CACHE``, default ``~/.cache/ddfs_ros/trt``), the same key (ONNX
 sha256 + TensorRT version + GPU compute capability + precision), the same precision
@@ -88,9 +90,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument('--workspace-mb', type=int, default=WORKSPACE_BYTES >> 20)
     ap.add_argument('--force', action='store_true', help='rebuild even if a verified cached plan exists')
     a = ap.parse_args(argv)
+    from ddfs_ros.ensemble import is_ensemble_manifest, load_ensemble_manifest
     try:
-        build_engine(a.manifest, precision='fp16' if a.fp16 else a.precision, cache_dir=a.cache_dir,
-                     workspace_mb=a.workspace_mb, force=a.force)
+        # an ensemble has no network of its own: its members' plans are what the node loads
+        manifests = (load_ensemble_manifest(a.manifest).members if is_ensemble_manifest(a.manifest)
+                     else [a.manifest])
+        for m in manifests:
+            build_engine(m, precision='fp16' if a.fp16 else a.precision, cache_dir=a.cache_dir,
+                         workspace_mb=a.workspace_mb, force=a.force)
+    except EngineError as exc:
+        print(f'build_engine: error: {exc}', file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except EngineBuildError as exc:
         print(f'build_engine: error: {exc}', file=sys.stderr)
         return EXIT_UNAVAILABLE

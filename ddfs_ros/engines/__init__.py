@@ -176,6 +176,10 @@ def load_engine(manifest_path: str | Path, backend: str = 'auto', device: Option
                 precision: str = DEFAULT_PRECISION, **options) -> Engine:
     """Load ``NAME.json`` (+ its ONNX / .pt2) on a backend.
 
+    An ensemble manifest (``"family": "ensemble"``) gives a
+    :class:`~ddfs_ros.ensemble.EnsembleEngine` of its members, each loaded with these arguments;
+    run it through :func:`ddfs_ros.ensemble.make_pipeline`.
+
     Args:
         manifest_path: the engine manifest (``.json``; the ``.onnx`` path is accepted too).
         backend: ``'auto'`` | ``'tensorrt'`` | ``'onnxruntime'`` | ``'torch'``.  ``auto`` on a
@@ -193,6 +197,11 @@ def load_engine(manifest_path: str | Path, backend: str = 'auto', device: Option
         EngineError: the manifest is unusable, backend or precision unknown, or no
             backend in the chain loads.
     """
+    from ..ensemble import is_ensemble_manifest, load_ensemble_engine
+    if is_ensemble_manifest(manifest_path):
+        # several engines, their depths combined (ddfs_ros.ensemble): each member loads as below
+        return load_ensemble_engine(manifest_path, backend=backend, device=device, fallback=fallback,
+                                    on_event=on_event, precision=precision, **options)
     if precision not in PRECISIONS:
         raise EngineError(f'unknown precision {precision!r} (one of {", ".join(PRECISIONS)})')
     if backend != 'auto' and backend not in BACKENDS:

@@ -52,11 +52,12 @@ def load_pipeline(engine_path, backend: str = 'auto', hypothesis_mode=DEFAULT_HY
     (px): None keeps the node's default.
     """
     from ..engines import load_engine
-    from ..pipeline import DEFAULT_MAX_RELATIVE_UNCERTAINTY, DepthPipeline
+    from ..ensemble import make_pipeline
+    from ..pipeline import DEFAULT_MAX_RELATIVE_UNCERTAINTY
     engine = load_engine(engine_path, backend=backend, device=device)
     rel = DEFAULT_MAX_RELATIVE_UNCERTAINTY if max_relative_uncertainty is None else max_relative_uncertainty
     width = {} if processing_width is None else {'processing_width': int(processing_width)}
-    return DepthPipeline(engine, hypothesis_mode=hypothesis_mode, max_relative_uncertainty=rel or None, **width)
+    return make_pipeline(engine, hypothesis_mode=hypothesis_mode, max_relative_uncertainty=rel or None, **width)
 
 
 def method_names(engine_paths: Sequence) -> list[str]:

@@ -35,7 +35,8 @@ from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
 from .. import ros_io
 from ..engines import BACKENDS, DEFAULT_PRECISION, PRECISIONS, EngineError, load_engine
 from ..align import check_align_mode
-from ..pipeline import DEFAULT_MAX_RELATIVE_UNCERTAINTY, DepthPipeline
+from ..ensemble import make_pipeline
+from ..pipeline import DEFAULT_MAX_RELATIVE_UNCERTAINTY
 from ..stack import StackError
 from .common import describe, intrinsics_problem, run_node, publisher_qos, resolve_path, subscription_qos
 from .pairing import LatestSlot, StampPairer
@@ -80,7 +81,7 @@ class InferenceNode(Node):
         self._stats_lock = threading.Lock()
         self.engine_events: list[str] = []
         self.engine = self._load_engine()
-        self.pipeline = DepthPipeline(self.engine, hypothesis_mode=self._hypothesis_mode(),
+        self.pipeline = make_pipeline(self.engine, hypothesis_mode=self._hypothesis_mode(),
                                       reference=p('reference_frame'),
                                       max_uncertainty=p('max_uncertainty') or None,
                                       max_relative_uncertainty=p('max_relative_uncertainty') or None,
@@ -132,7 +133,8 @@ class InferenceNode(Node):
     # -- parameters ---------------------------------------------------------------------
     def _declare_parameters(self) -> None:
         d = self.declare_parameter
-        d('engine', DEFAULT_ENGINE, describe('engine manifest (.json); relative = the package share dir',
+        d('engine', DEFAULT_ENGINE, describe('engine manifest (.json; an ensemble manifest runs each of its members '
+                                             'and combines their depths); relative = the package share dir',
                                              read_only=True))
         d('backend', 'auto', describe('inference backend (auto: tensorrt > onnxruntime > torch on a GPU; on a CPU '
                                       "the engine manifest's measured cpu_preference first, else onnxruntime)",
@@ -193,7 +195,7 @@ class InferenceNode(Node):
         try:
             if {'hypothesis_mode', 'depth_min', 'depth_max'} & set(values):
                 mode = self._hypothesis_mode(values)
-                probe = DepthPipeline(self.engine, hypothesis_mode=mode)   # validates
+                probe = make_pipeline(self.engine, hypothesis_mode=mode)   # validates
                 self.pipeline.hypothesis_mode = probe.hypothesis_mode
             if 'reference_frame' in values:
                 self.pipeline.reference = values['reference_frame']
@@ -204,7 +206,7 @@ class InferenceNode(Node):
             if 'processing_width' in values:
                 self.pipeline.processing_width = int(values['processing_width'])
             if 'upsample' in values:
-                DepthPipeline(self.engine, upsample=values['upsample'])          # validates
+                make_pipeline(self.engine, upsample=values['upsample'])          # validates
                 self.pipeline.upsample = values['upsample']
             if 'align' in values:
                 self.pipeline.align = check_align_mode(values['align'])

@@ -1,0 +1,274 @@
+"""Two or more engines on one stack, their depths combined in dioptres (no ROS).
+
+An ensemble manifest (``engines/NAME.json`` with ``"family": "ensemble"``) names member
+manifests next to it and a combination rule::
+
+    {"name": "ens_s", "family": "ensemble", "members": ["ddfs_s.json", "dfv_s.json"],
+     "combine": "inverse_variance"}
+
+:func:`load_ensemble_engine` loads every member with :func:`~ddfs_ros.engines.load_engine`
+(their own manifests, sha256 checks and backends); :class:`EnsemblePipeline` runs one
+:class:`~ddfs_ros.pipeline.DepthPipeline` per member and combines their raw outputs with
+:func:`combine_inverse_variance`, then applies the sanity mask once.  A stack that some
+member cannot take (e.g. F != 5 for ``dfv_s``) is answered by the members that can; the
+result's ``backend`` names the members used.
+
+Why dioptres: every member outputs the expectation of a distribution over hypotheses
+spaced in dioptres, and its uncertainty (m) is that distribution's spread, so the
+members' errors are closest to Gaussian there.  The depth is the inverse-variance
+weighted mean of the members' inverse depths; the uncertainty is the spread of the
+mixture (each member's variance plus its disagreement with the mean), so two members
+that disagree give a large uncertainty even when each is confident.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .engines.manifest import EngineError
+from .pipeline import DepthPipeline, DepthResult, sanity_mask
+from .stack import FocalStack, StackError
+
+#: Value of ``family`` that marks an ensemble manifest.
+ENSEMBLE_FAMILY = 'ensemble'
+#: Combination rules (``combine`` in the manifest).
+COMBINE_RULES = ('inverse_variance',)
+#: A member's dioptre spread is floored at this fraction of its inverse depth, so that a
+#: member reporting ~0 uncertainty cannot take the whole weight.
+MIN_RELATIVE_SPREAD = 1e-3
+
+
+def combine_inverse_variance(depths: Sequence[np.ndarray], uncertainties: Sequence[np.ndarray]
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse-variance mean in dioptres and the mixture's spread.
+
+    Args:
+        depths: K arrays H x W (m); NaN or <= 0 where a member has no depth.
+        uncertainties: K arrays H x W (m), each member's standard deviation.
+
+    Returns:
+        (depth H x W float32 m, uncertainty H x W float32 m); NaN where no member has a depth.
+    """
+    d = np.stack([np.asarray(x, dtype=np.float64) for x in depths])
+    s = np.stack([np.asarray(x, dtype=np.float64) for x in uncertainties])
+    with np.errstate(invalid='ignore', divide='ignore'):
+        ok = np.isfinite(d) & (d > 0) & np.isfinite(s)
+        u = np.where(ok, 1.0 / d, 0.0)                                   # dioptres
+        su = np.maximum(np.abs(s) * u * u, MIN_RELATIVE_SPREAD * u)      # d(1/d) = dd / d^2
+        w = np.where(ok, 1.0 / np.where(ok, su, 1.0) ** 2, 0.0)
+        wsum = w.sum(axis=0)
+        w = w / np.where(wsum > 0, wsum, 1.0)
+        mean_u = (w * u).sum(axis=0)
+        var_u = (w * (su * su + (u - mean_u) ** 2)).sum(axis=0)
+        good = wsum > 0
+        depth = np.where(good, 1.0 / np.where(good, mean_u, 1.0), np.nan)
+        unc = np.where(good, np.sqrt(var_u) * depth * depth, np.nan)
+    return depth.astype(np.float32), unc.astype(np.float32)
+
+
+@dataclass
+class EnsembleManifest:
+    """A checked ensemble manifest; member paths resolved next to the JSON file."""
+
+    path: Path
+    name: str
+    members: list[Path]
+    combine: str
+    raw: dict = field(repr=False, default_factory=dict)
+    family: str = ENSEMBLE_FAMILY
+    #: Filled in by :func:`load_ensemble_engine` from the members (all dynamic = dynamic).
+    dynamic_size: bool = True
+    image_size: tuple[int, int] = (0, 0)
+
+    @property
+    def height(self) -> int:
+        return int(self.image_size[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image_size[1])
+
+
+def is_ensemble_manifest(path: str | Path) -> bool:
+    """True if ``path`` is a readable JSON object with ``"family": "ensemble"``."""
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(raw, dict) and raw.get('family') == ENSEMBLE_FAMILY
+
+
+def load_ensemble_manifest(path: str | Path) -> EnsembleManifest:
+    """Read and check an ensemble manifest (members must exist and not be ensembles themselves).
+
+    Raises:
+        EngineError: unreadable JSON, fewer than two members, a missing or nested member,
+            an unknown combination rule.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EngineError(f'ensemble manifest {path} is not readable JSON: {e}') from e
+    if not isinstance(raw, dict) or raw.get('family') != ENSEMBLE_FAMILY:
+        raise EngineError(f'{path} is not an ensemble manifest (family {ENSEMBLE_FAMILY!r})')
+    members = raw.get('members')
+    if not isinstance(members, list) or len(members) < 2:
+        raise EngineError(f'ensemble manifest {path}: "members" must list at least two engine manifests')
+    paths = [path.parent / str(m) for m in members]
+    for p in paths:
+        if not p.is_file():
+            raise EngineError(f'ensemble manifest {path}: member {p} does not exist')
+        if is_ensemble_manifest(p):
+            raise EngineError(f'ensemble manifest {path}: member {p} is an ensemble (not supported)')
+    combine = str(raw.get('combine', COMBINE_RULES[0]))
+    if combine not in COMBINE_RULES:
+        raise EngineError(f'ensemble manifest {path}: unknown combine {combine!r} (one of {COMBINE_RULES})')
+    return EnsembleManifest(path=path, name=str(raw.get('name') or path.stem), members=paths, combine=combine,
+                            raw=raw)
+
+
+class EnsembleEngine:
+    """The loaded members of an ensemble (each a :class:`~ddfs_ros.engines.Engine`).
+
+    Offers what the node reads of an engine: ``manifest``, ``backend_name``,
+    ``description`` and ``device`` (the first member's).
+    """
+
+    def __init__(self, manifest: EnsembleManifest, members: list) -> None:
+        self.manifest = manifest
+        self.members = members
+        self.device = members[0].device
+        manifest.dynamic_size = all(m.manifest.dynamic_size for m in members)
+        if not manifest.dynamic_size:
+            sizes = {tuple(m.manifest.image_size) for m in members}
+            if len(sizes) != 1:
+                raise EngineError(f'ensemble {manifest.name}: fixed-size members disagree on the size {sizes}')
+            manifest.image_size = sizes.pop()
+
+    @property
+    def backend_name(self) -> str:
+        return '+'.join(m.backend_name for m in self.members)
+
+    @property
+    def description(self) -> str:
+        return '; '.join(f'{m.manifest.name}: {m.description}' for m in self.members)
+
+
+def load_ensemble_engine(path: str | Path, **load_options: Any) -> EnsembleEngine:
+    """Load an ensemble manifest and every member with ``load_engine(member, **load_options)``."""
+    from .engines import load_engine
+    manifest = load_ensemble_manifest(path)
+    return EnsembleEngine(manifest, [load_engine(p, **load_options) for p in manifest.members])
+
+
+class EnsemblePipeline:
+    """A :class:`~ddfs_ros.pipeline.DepthPipeline` per member, one combined result.
+
+    Takes the same arguments as ``DepthPipeline``; the settings the node changes at run
+    time (``hypothesis_mode``, ``reference``, ``processing_width``, ``upsample``,
+    ``align``) reach every member, the uncertainty thresholds apply once, to the
+    combined depth.
+    """
+
+    _MEMBER_SETTINGS = ('hypothesis_mode', 'reference', 'processing_width', 'upsample', 'align')
+
+    def __init__(self, engine: EnsembleEngine, hypothesis_mode='fixed', reference: str = 'farthest',
+                 max_uncertainty: Optional[float] = None, max_relative_uncertainty: Optional[float] = None,
+                 **member_options: Any) -> None:
+        self.engine = engine
+        self.manifest = engine.manifest
+        self.members = [DepthPipeline(m, hypothesis_mode=hypothesis_mode, reference=reference,
+                                      max_uncertainty=None, max_relative_uncertainty=None, **member_options)
+                        for m in engine.members]
+        self.max_uncertainty = max_uncertainty if max_uncertainty else None
+        self.max_relative_uncertainty = max_relative_uncertainty if max_relative_uncertainty else None
+
+    def __getattr__(self, name: str):
+        if name in EnsemblePipeline._MEMBER_SETTINGS:
+            return getattr(self.__dict__['members'][0], name)
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in EnsemblePipeline._MEMBER_SETTINGS:
+            for m in self.members:
+                setattr(m, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def usable(self, stack: FocalStack) -> list[DepthPipeline]:
+        """The members that take this stack.
+
+        Raises:
+            StackError: none does (the first member's reason).
+        """
+        ok, first = [], None
+        for m in self.members:
+            try:
+                m.check(stack)
+                ok.append(m)
+            except StackError as e:
+                first = first or e
+        if not ok:
+            raise first
+        return ok
+
+    def check(self, stack: FocalStack) -> None:
+        """Raise :class:`StackError` if no member can take ``stack``."""
+        self.usable(stack)
+
+    def max_coc_px(self, width_px: int) -> Optional[float]:
+        values = [v for v in (m.max_coc_px(width_px) for m in self.members) if v is not None]
+        return max(values) if values else None
+
+    def run(self, stack: FocalStack, all_in_focus: bool = False) -> DepthResult:
+        """Every usable member on ``stack``, combined; see :class:`DepthPipeline.run`."""
+        t0 = time.perf_counter()
+        members = self.usable(stack)
+        aligned = self.align != 'off'
+        results = [m.run(stack, all_in_focus=all_in_focus and aligned and i == 0) for i, m in enumerate(members)]
+        t1 = time.perf_counter()
+        depth, unc = combine_inverse_variance([r.depth for r in results], [r.uncertainty for r in results])
+        hyp = np.unique(np.concatenate([r.hypotheses for r in results]))
+        lo, hi = float(hyp.min()), float(hyp.max())
+        aif = None
+        if all_in_focus:
+            if aligned:
+                aif = results[0].all_in_focus          # composed on the member's aligned frames
+            else:
+                from . import refine
+                filled = np.where(np.isfinite(depth), depth, np.float32(0.5 * (lo + hi)))
+                aif = refine.all_in_focus(stack.frames, filled, stack.focus_m, stack.per_frame_f_numbers(),
+                                          stack.lens.focal_length_m, stack.lens.pixel_pitch_m)
+        bad_range, bad_unc = sanity_mask(depth, unc, lo, hi, self.max_uncertainty, self.max_relative_uncertainty)
+        depth[bad_range | bad_unc] = np.nan
+        t2 = time.perf_counter()
+        timings: dict = {}
+        for r in results:
+            for k, v in r.timings.items():
+                timings[k] = timings.get(k, 0.0) + v
+        timings['combine'] = (t2 - t1) * 1e3
+        timings['total'] = (t2 - t0) * 1e3
+        first = results[0]
+        return DepthResult(depth=depth, uncertainty=unc, hypotheses=hyp, timings=timings,
+                           n_out_of_range=int(bad_range.sum()), n_uncertain=int(bad_unc.sum()),
+                           reference_index=first.reference_index,
+                           backend='+'.join(f'{m.manifest.name}:{r.backend}' for m, r in zip(members, results)),
+                           all_in_focus=aif, geometry=first.geometry, alignment=first.alignment)
+
+    def warm_up(self, num_frames: Optional[int] = None, runs: int = 2) -> float:
+        """Warm every member up; returns the sum of their last runs' milliseconds."""
+        return float(sum(m.warm_up(num_frames, runs) for m in self.members))
+
+
+def make_pipeline(engine, **options: Any):
+    """``DepthPipeline(engine, **options)``, or an :class:`EnsemblePipeline` for an ensemble engine."""
+    if isinstance(engine, EnsembleEngine):
+        return EnsemblePipeline(engine, **options)
+    return DepthPipeline(engine, **options)
