@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .engines.manifest import EngineError
+from .engines.manifest import EngineError, ImageSize
 from .pipeline import DepthPipeline, DepthResult, sanity_mask
 from .stack import FocalStack, StackError
 
@@ -72,7 +72,7 @@ def combine_inverse_variance(depths: Sequence[np.ndarray], uncertainties: Sequen
 
 
 @dataclass
-class EnsembleManifest:
+class EnsembleManifest(ImageSize):
     """A checked ensemble manifest; member paths resolved next to the JSON file."""
 
     path: Path
@@ -84,14 +84,6 @@ class EnsembleManifest:
     #: Filled in by :func:`load_ensemble_engine` from the members (all dynamic = dynamic).
     dynamic_size: bool = True
     image_size: tuple[int, int] = (0, 0)
-
-    @property
-    def height(self) -> int:
-        return int(self.image_size[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.image_size[1])
 
 
 def is_ensemble_manifest(path: str | Path) -> bool:

@@ -15,7 +15,6 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-import numpy as np
 
 from .optics import LensModel
 from .planner import DEFAULT_PROCESSING_WIDTH, plan

@@ -418,7 +418,6 @@ def render_focal_stack(rgb: np.ndarray, depth_m: np.ndarray, focus_m: Sequence[f
         raise ValueError(f'{fnum.size} f-numbers for {focus.size} focus distances')
     if np.any(focus <= lens.focal_length_m):
         raise ValueError(f'focus distances {focus.tolist()} must exceed the focal length {lens.focal_length_m} m')
-    F = focus.size
     if psf not in PSF_SHAPES:
         raise ValueError(f'psf must be one of {sorted(PSF_SHAPES)}, got {psf!r}')
 

@@ -53,6 +53,19 @@ def ros():
     thread.join(timeout=5.0)
 
 
+def stack_publishers(node, depth: int = 5) -> dict:
+    """The three input publishers of the inference node (``{'image', 'camera_info', 'lens_state'}``)
+    on ``node``, relative names, the node's publisher QoS."""
+    from sensor_msgs.msg import CameraInfo, Image, JointState
+
+    from ddfs_ros import ros_io
+    from ddfs_ros.nodes.common import publisher_qos
+    q = publisher_qos(depth)
+    return {'image': node.create_publisher(Image, ros_io.TOPIC_IMAGE, q),
+            'camera_info': node.create_publisher(CameraInfo, ros_io.TOPIC_CAMERA_INFO, q),
+            'lens_state': node.create_publisher(JointState, ros_io.TOPIC_LENS_STATE, q)}
+
+
 TINY_SIZE = 64
 TINY_D = 16
 TINY_F = 5

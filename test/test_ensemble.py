@@ -161,11 +161,11 @@ def test_node_runs_an_ensemble(tiny_ensemble):
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
     from rclpy.parameter import Parameter
-    from sensor_msgs.msg import CameraInfo, Image, JointState
+    from sensor_msgs.msg import Image
 
-    from conftest import wait_until
+    from conftest import stack_publishers, wait_until
     from ddfs_ros import ros_io
-    from ddfs_ros.nodes.common import publisher_qos, subscription_qos
+    from ddfs_ros.nodes.common import subscription_qos
     from ddfs_ros.nodes.inference_node import InferenceNode
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
@@ -175,10 +175,7 @@ def test_node_runs_an_ensemble(tiny_ensemble):
     node = InferenceNode(namespace='/ens', context=ctx,
                          parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     peer = Node('ens_peer', namespace='/ens', context=ctx)
-    q = publisher_qos(5)
-    pubs = {'image': peer.create_publisher(Image, ros_io.TOPIC_IMAGE, q),
-            'camera_info': peer.create_publisher(CameraInfo, ros_io.TOPIC_CAMERA_INFO, q),
-            'lens_state': peer.create_publisher(JointState, ros_io.TOPIC_LENS_STATE, q)}
+    pubs = stack_publishers(peer)
     got = []
     peer.create_subscription(Image, 'depth/image', got.append, subscription_qos('reliable', 10))
     for n in (node, peer):

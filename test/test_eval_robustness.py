@@ -8,7 +8,7 @@ from ddfs_ros.eval import cli
 from ddfs_ros.eval.robustness import VARIANTS, gather_render, render_variant, robustness_table
 from ddfs_ros.optics import LensModel, coc_px
 from ddfs_ros.psf import disk_psfs
-from ddfs_ros.render import linear_to_srgb, render_focal_stack, srgb_to_linear
+from ddfs_ros.render import render_focal_stack, srgb_to_linear
 
 LENS = LensModel(0.025, 2.0, 21e-6)
 

@@ -13,14 +13,14 @@ import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from sensor_msgs.msg import Image
 
 from ddfs_ros import ros_io  # noqa: E402
 from ddfs_ros.cameras.simulated import SimulatedCamera  # noqa: E402
-from ddfs_ros.nodes.common import publisher_qos, subscription_qos  # noqa: E402
+from ddfs_ros.nodes.common import subscription_qos  # noqa: E402
 from ddfs_ros.stack import FocalStack  # noqa: E402
 
-from conftest import wait_until
+from conftest import stack_publishers, wait_until
 
 pytestmark = pytest.mark.ros
 FOCUS = np.array([0.1, 0.15, 0.3, 0.7, 1.5])
@@ -50,10 +50,7 @@ def test_all_in_focus_and_depth_at_input_size_over_ros(cost_argmin_engines):
     node = InferenceNode(namespace='/aif', context=ctx,
                          parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     pub = Node('aif_pub', namespace='/aif', context=ctx)
-    q = publisher_qos(5)
-    pubs = {'image': pub.create_publisher(Image, ros_io.TOPIC_IMAGE, q),
-            'camera_info': pub.create_publisher(CameraInfo, ros_io.TOPIC_CAMERA_INFO, q),
-            'lens_state': pub.create_publisher(JointState, ros_io.TOPIC_LENS_STATE, q)}
+    pubs = stack_publishers(pub)
     col = _Collect(ctx, ['depth/image', 'all_in_focus/image'])
     for n in (node, pub, col):
         ex.add_node(n)

@@ -1,7 +1,6 @@
 """Any size, any aspect: processing geometry, dynamic-size engines, round blur disks."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

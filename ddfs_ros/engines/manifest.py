@@ -62,8 +62,22 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+class ImageSize:
+    """``height`` / ``width`` (px) of a manifest's ``image_size`` (H, W)."""
+
+    image_size: tuple[int, int]
+
+    @property
+    def height(self) -> int:
+        return int(self.image_size[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image_size[1])
+
+
 @dataclass
-class EngineManifest:
+class EngineManifest(ImageSize):
     """A validated manifest.  Paths are resolved next to the JSON file."""
 
     path: Path
@@ -100,14 +114,6 @@ class EngineManifest:
     extrapolate_bins: int = 0
     #: Largest F a ``frames`` input may have (engines with learned focus curves); None = no such input.
     max_frames: Optional[int] = None
-
-    @property
-    def height(self) -> int:
-        return int(self.image_size[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.image_size[1])
 
     @property
     def coc_reference_width(self) -> int:
