@@ -232,7 +232,8 @@ class EnsemblePipeline:
         aif = None
         if all_in_focus:
             if aligned:
-                aif = results[0].all_in_focus          # composed on the member's aligned frames
+                # the aligned frames live inside the member's run: its composite (at its own depth)
+                aif = results[0].all_in_focus
             else:
                 from . import refine
                 filled = np.where(np.isfinite(depth), depth, np.float32(0.5 * (lo + hi)))
