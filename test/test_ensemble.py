@@ -143,6 +143,10 @@ def test_settings_reach_every_member_and_thresholds_stay_on_the_ensemble(tiny_en
     res = pipe.run(_stack())                             # (the tiny engines are fixed-size: 64 px)
     assert res.n_uncertain == int(np.sum(np.isnan(res.depth))) - res.n_out_of_range
     assert pipe.warm_up(runs=1) > 0
+    pipe.align = 'similarity'
+    res = pipe.run(_stack(), all_in_focus=True)
+    assert all(m.align == 'similarity' for m in pipe.members)
+    assert len(res.alignment) == 5 and res.all_in_focus.shape == (TINY_SIZE, TINY_SIZE, 3)
 
 
 def test_shipped_ensembles_name_shipped_members():
