@@ -14,23 +14,28 @@ export PYTHONPATH=.
 export OMP_NUM_THREADS=1
 mkdir -p runs
 
-lane() {  # name train_shards "val parts" "part:shards ..." (the config's extra_train parts, in order)
-  local n=$1 shards=$2 valparts=$3 extra=$4
-  $PY -m training.stack_data --config "training/configs/$n.yaml" --split val --shards 0:1
-  for p in $valparts; do   # parts marked val: true join the checkpoint selection: their val split first
+lane() {  # name "val parts" "part:shards ..." (the config's parts that are trained on now; part 0 = data)
+  local n=$1 valparts=$2 train=$3
+  # validation splits: part 0 (the learning curve) and every part marked val: true (train.select_on
+  # chooses best.pt among them)
+  for p in 0 $valparts; do
     $PY -m training.stack_data --config "training/configs/$n.yaml" --split val --part "$p" --shards 0:1
   done
-  $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --shards 0:2
+  local first=${train%% *}
+  $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --part "${first%%:*}" --shards 0:2
   # the trainer re-reads the shards at every pass, so it starts while the rest is rendered
-  { $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --shards "$shards"
-    for ps in $extra; do   # the extra_train parts (see the config and training/README.md)
+  { for ps in $train; do
       $PY -m training.stack_data --config "training/configs/$n.yaml" --split train --part "${ps%%:*}" --shards "${ps#*:}"
     done; } &
   $PY -m training.train_focus --config "training/configs/$n.yaml" --resume --hours "$HOURS" >> "runs/train_$n.log" 2>&1
   wait
 }
-lane ddfs_s 2:16 "4" "1:0:16 2:0:8 3:0:8 4:0:16 5:0:10" &
-lane dfv_s 2:24 "2" "1:0:16 2:0:16 3:0:10" &
+# Since session 8 the earlier parts are `train: false` (pixel-area disk): only their validation
+# splits are rendered; training reads the band-limited parts (ddfs: extra 6 = cv96_h, 7 = cv96_i;
+# dfv: extra 4 = stack5_96_e, 5 = stack5_96_f).  A run from scratch needs the earlier parts'
+# training shards too (training/README.md, the parts table): render them with --part N.
+lane ddfs_s "4 6" "6:0:24 7:0:12" &
+lane dfv_s "2 4" "4:0:16 5:0:8" &
 wait
 
 # export the validation-best checkpoints (chosen on validation only)
@@ -40,4 +45,4 @@ $PY -m training.plot_curves --runs ddfs_s dfv_s --out training/learning_curves.p
 
 # test once, on bags of scenes no training or selection used (docs/EVALUATING.md section 6)
 make eval-bags eval-table
-$PY -m training.camera_shift --engines engines/ddfs_s.json engines/dfv_s.json --md training/RESULTS_camera_shift.md
+$PY -m training.camera_shift --engines engines/ddfs_s.json engines/dfv_s.json engines/ens_s.json --md training/RESULTS_camera_shift.md
