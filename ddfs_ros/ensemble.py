@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .engines.manifest import EngineError, ImageSize
-from .pipeline import DepthPipeline, DepthResult, sanity_mask
+from .pipeline import DEFAULT_MAX_RELATIVE_UNCERTAINTY, DepthPipeline, DepthResult, sanity_mask
 from .stack import FocalStack, StackError
 
 #: Value of ``family`` that marks an ensemble manifest.
@@ -163,7 +163,7 @@ def load_ensemble_engine(path: str | Path, **load_options: Any) -> EnsembleEngin
 class EnsemblePipeline:
     """A :class:`~ddfs_ros.pipeline.DepthPipeline` per member, one combined result.
 
-    Takes the same arguments as ``DepthPipeline``; the settings the node changes at run
+    Takes the same arguments (and defaults) as ``DepthPipeline``; the settings the node changes at run
     time (``hypothesis_mode``, ``reference``, ``processing_width``, ``upsample``,
     ``align``) reach every member, the uncertainty thresholds apply once, to the
     combined depth.
@@ -172,7 +172,8 @@ class EnsemblePipeline:
     _MEMBER_SETTINGS = ('hypothesis_mode', 'reference', 'processing_width', 'upsample', 'align')
 
     def __init__(self, engine: EnsembleEngine, hypothesis_mode='fixed', reference: str = 'farthest',
-                 max_uncertainty: Optional[float] = None, max_relative_uncertainty: Optional[float] = None,
+                 max_uncertainty: Optional[float] = None,
+                 max_relative_uncertainty: Optional[float] = DEFAULT_MAX_RELATIVE_UNCERTAINTY,
                  **member_options: Any) -> None:
         self.engine = engine
         self.manifest = engine.manifest

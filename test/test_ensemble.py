@@ -136,6 +136,8 @@ def test_no_member_takes_it_raises_the_first_reason(tiny_engines, tmp_path):
 def test_settings_reach_every_member_and_thresholds_stay_on_the_ensemble(tiny_ensemble):
     pipe = make_pipeline(load_engine(tiny_ensemble, backend='onnxruntime'), hypothesis_mode='from_focus',
                          max_relative_uncertainty=0.5)
+    default = make_pipeline(pipe.engine)           # the same default thresholds as one engine's pipeline
+    assert default.max_relative_uncertainty == DepthPipeline(pipe.engine.members[0]).max_relative_uncertainty
     pipe.processing_width = 32
     pipe.upsample = 'bilinear'
     assert pipe.processing_width == 32 and all(m.processing_width == 32 for m in pipe.members)
