@@ -54,7 +54,8 @@ def upsampling_table(bags, engines, stacks: int, processing_width: int) -> str:
         for eng_path in engines:
             eng = load_engine(eng_path, backend='onnxruntime', device='cpu')
             for method in METHODS:
-                pipe = make_pipeline(eng, hypothesis_mode='from_focus', processing_width=processing_width, upsample=method)
+                pipe = make_pipeline(eng, hypothesis_mode='from_focus', processing_width=processing_width,
+                                     upsample=method)
                 ms, per = [], []
                 for b in items:
                     res = pipe.run(b.stack)
@@ -102,7 +103,8 @@ def aif_table(engines, processing_width: int) -> str:
     rows.append(f'| composite at the true depth (oracle) | {p:.2f} | {s:.3f} |')
     for eng_path in engines:
         eng = load_engine(eng_path, backend='onnxruntime', device='cpu')
-        res = make_pipeline(eng, hypothesis_mode='from_focus', processing_width=processing_width).run(stack, all_in_focus=True)
+        pipe = make_pipeline(eng, hypothesis_mode='from_focus', processing_width=processing_width)
+        res = pipe.run(stack, all_in_focus=True)
         p, s = score(res.all_in_focus)
         rows.append(f'| composite at the depth of {eng.manifest.name} | {p:.2f} | {s:.3f} |')
         print(rows[-1], flush=True)

@@ -40,7 +40,8 @@ def main() -> None:
         for H, W, pw in CASES:
             stack = FocalStack(rng.random((5, H, W, 3), dtype=np.float32), 1 / np.linspace(1 / 0.5, 1 / 2, 5),
                                LensModel(0.008, 2.0, 8.4e-6))
-            pipe = make_pipeline(engine, hypothesis_mode='from_focus', processing_width=pw)   # an ensemble: its members' stages summed
+            # an ensemble reports its members' stages summed
+            pipe = make_pipeline(engine, hypothesis_mode='from_focus', processing_width=pw)
             pipe.run(stack, all_in_focus=True)
             runs = [pipe.run(stack, all_in_focus=True).timings for _ in range(a.repeat)]
             cells = [f'{np.median([t.get(s, 0.0) for t in runs]):.0f}' for s in STAGES]
