@@ -22,7 +22,6 @@ that disagree give a large uncertainty even when each is confident.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .engines.manifest import EngineError, ImageSize
+from .engines.manifest import EngineError, ImageSize, read_manifest_json
 from .pipeline import DEFAULT_MAX_RELATIVE_UNCERTAINTY, DepthPipeline, DepthResult, sanity_mask
 from .stack import FocalStack, StackError
 
@@ -88,12 +87,10 @@ class EnsembleManifest(ImageSize):
 
 def is_ensemble_manifest(path: str | Path) -> bool:
     """True if ``path`` is a readable JSON object with ``"family": "ensemble"``."""
-    p = Path(path)
     try:
-        raw = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return read_manifest_json(Path(path)).get('family') == ENSEMBLE_FAMILY
+    except EngineError:
         return False
-    return isinstance(raw, dict) and raw.get('family') == ENSEMBLE_FAMILY
 
 
 def load_ensemble_manifest(path: str | Path) -> EnsembleManifest:
@@ -104,11 +101,8 @@ def load_ensemble_manifest(path: str | Path) -> EnsembleManifest:
             an unknown combination rule.
     """
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise EngineError(f'ensemble manifest {path} is not readable JSON: {e}') from e
-    if not isinstance(raw, dict) or raw.get('family') != ENSEMBLE_FAMILY:
+    raw = read_manifest_json(path)
+    if raw.get('family') != ENSEMBLE_FAMILY:
         raise EngineError(f'{path} is not an ensemble manifest (family {ENSEMBLE_FAMILY!r})')
     members = raw.get('members')
     if not isinstance(members, list) or len(members) < 2:
@@ -215,10 +209,6 @@ class EnsemblePipeline:
     def check(self, stack: FocalStack) -> None:
         """Raise :class:`StackError` if no member can take ``stack``."""
         self.usable(stack)
-
-    def max_coc_px(self, width_px: int) -> Optional[float]:
-        values = [v for v in (m.max_coc_px(width_px) for m in self.members) if v is not None]
-        return max(values) if values else None
 
     def run(self, stack: FocalStack, all_in_focus: bool = False) -> DepthResult:
         """Every usable member on ``stack``, combined; see :class:`DepthPipeline.run`."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from ddfs_ros.stack import FocalStack, StackError
 from conftest import TINY_SIZE, SHIPPED_DIR
 
 
-def _ensemble(folder, members, **extra) -> str:
+def _ensemble(folder, members, **extra) -> Path:
     path = folder / 'ens.json'
     path.write_text(json.dumps(dict({'name': 'ens', 'family': 'ensemble', 'members': members}, **extra)))
     return path

@@ -32,12 +32,12 @@ from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2  # noqa: 
 from ddfs_ros import ros_io  # noqa: E402
 from ddfs_ros.cameras.simulated import SimulatedCamera  # noqa: E402
 from ddfs_ros.engines import EngineError  # noqa: E402
-from ddfs_ros.nodes.common import publisher_qos, subscription_qos  # noqa: E402
+from ddfs_ros.nodes.common import subscription_qos  # noqa: E402
 from ddfs_ros.optics import LensModel  # noqa: E402
 from ddfs_ros.stack import FocalStack  # noqa: E402
 
-from conftest import (PLANE_DEPTH_M, ROS_ENV, rendered_plane_stack, shipped_engine, validation_absrel,  # noqa: E402
-                      wait_until)
+from conftest import (PLANE_DEPTH_M, ROS_ENV, rendered_plane_stack, shipped_engine, stack_publishers,  # noqa: E402
+                      validation_absrel, wait_until)
 
 pytestmark = pytest.mark.ros
 PLANE_M = 0.6
@@ -80,10 +80,7 @@ class Collector(Node):
 class StackPublisher(Node):
     def __init__(self, namespace, context):
         super().__init__('stack_publisher', namespace=namespace, context=context)
-        q = publisher_qos(5)
-        self.pubs = {'image': self.create_publisher(Image, ros_io.TOPIC_IMAGE, q),
-                     'camera_info': self.create_publisher(CameraInfo, ros_io.TOPIC_CAMERA_INFO, q),
-                     'lens_state': self.create_publisher(JointState, ros_io.TOPIC_LENS_STATE, q)}
+        self.pubs = stack_publishers(self)
 
     def connected(self) -> bool:
         return all(p.get_subscription_count() > 0 for p in self.pubs.values())

@@ -98,10 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for m in manifests:
             build_engine(m, precision='fp16' if a.fp16 else a.precision, cache_dir=a.cache_dir,
                          workspace_mb=a.workspace_mb, force=a.force)
-    except EngineError as exc:
-        print(f'build_engine: error: {exc}', file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except EngineBuildError as exc:
+    except (EngineError, EngineBuildError) as exc:     # an unusable ensemble manifest, or a member's build
         print(f'build_engine: error: {exc}', file=sys.stderr)
         return EXIT_UNAVAILABLE
     return 0

@@ -212,6 +212,23 @@ def write_artifact_hashes(manifest_path: Path | str) -> Path:
     return manifest_path
 
 
+def read_manifest_json(path: Path) -> dict:
+    """The JSON object a manifest file holds (an engine's or an ensemble's), unchecked.
+
+    Raises:
+        EngineError: the file is missing, unreadable, not JSON or not a JSON object.
+    """
+    if not path.is_file():
+        raise EngineError(f'engine manifest {path} does not exist')
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EngineError(f'engine manifest {path} is not valid JSON: {e}') from e
+    if not isinstance(raw, dict):
+        raise EngineError(f'engine manifest {path} must be a JSON object')
+    return raw
+
+
 def load_manifest(path: str | Path, verify_sha256: bool = True) -> EngineManifest:
     """Read and check ``NAME.json``.
 
@@ -225,14 +242,7 @@ def load_manifest(path: str | Path, verify_sha256: bool = True) -> EngineManifes
     path = Path(path)
     if path.suffix == '.onnx':   # accept the model path too: its manifest sits beside it
         path = path.with_suffix('.json')
-    if not path.is_file():
-        raise EngineError(f'engine manifest {path} does not exist')
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise EngineError(f'engine manifest {path} is not valid JSON: {e}') from e
-    if not isinstance(raw, dict):
-        raise EngineError(f'engine manifest {path} must be a JSON object')
+    raw = read_manifest_json(path)
     family = _need(raw, 'family', path)
     if family not in FAMILIES:
         raise EngineError(f'engine manifest {path}: unknown family {family!r} (one of {FAMILIES})')
