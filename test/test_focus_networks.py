@@ -368,6 +368,38 @@ def test_band_limited_share_draws_the_otf_disk_and_leaves_other_configs_unchange
     assert not np.array_equal(otf['frames'], exact['frames'])
 
 
+needs_real_dfd = pytest.mark.skipif(not (data_splits.SHARED_DATA / 'real_dfd_indoor_train' / 'pairs.csv').is_file(),
+                                    reason='../shared/data/real_dfd_indoor_train is absent (see ../shared/data/README.md)')
+
+
+@needs_real_dfd
+def test_real_aperture_pairs_come_from_the_split_and_scale_the_world_without_changing_the_blur():
+    from ddfs_ros.optics import coc_m
+    from training.stack_data import StackDataConfig, _real_pairs, make_sample
+
+    splits = [data_splits.real_dfd_split(i) for i in range(81)]
+    assert [len(_real_pairs(s)) for s in ('train', 'val', 'test')] == [splits.count(s) for s in ('train', 'val', 'test')]
+    base = StackDataConfig(family='ddfs', size=32, num_hypotheses=8, real_pair_prob=1.0, real_pair_world_scale=(1.0, 1.0))
+    one = make_sample(base, 'val', 0, 3)
+    assert one['meta']['source'] == 'real_dfd_pair' and one['frames'].shape == (2, 3, 32, 32)
+    np.testing.assert_allclose(sorted(one['f_numbers']), [2.8, 8.0])
+    assert one['focus'][0] == one['focus'][1]
+    assert one['f_numbers'][one['ref']] == 8.0                 # the node's rule: ties to the larger f-number
+    twice = make_sample(StackDataConfig(**{**base.__dict__, 'real_pair_world_scale': (2.0, 2.0)}), 'val', 0, 3)
+    # same real shots; every length doubled, so the blur in pixels the lens values say is unchanged
+    np.testing.assert_array_equal(twice['frames'], one['frames'])
+    np.testing.assert_allclose(twice['gt'], 2.0 * one['gt'], rtol=1e-6)
+    np.testing.assert_allclose(twice['depths'], 2.0 * one['depths'], rtol=1e-5)
+
+    def blur_px(s):
+        return coc_m(s['gt'][None], s['focus'][:, None, None], s['lens'][0], s['f_numbers'][:, None, None]) / s['lens'][1]
+    np.testing.assert_allclose(blur_px(twice), blur_px(one), rtol=1e-5)
+    np.testing.assert_allclose(twice['cost'].astype(np.float32), one['cost'].astype(np.float32), atol=2e-3)
+    # the default draws no real pairs and leaves the other parts' samples as they were
+    assert make_sample(StackDataConfig(family='ddfs', size=32, num_hypotheses=8, sources={'rgbd_7scenes': 1.0}),
+                       'val', 0, 3)['meta']['source'] == 'rgbd_7scenes'
+
+
 def test_parts_marked_train_false_are_validated_but_not_trained_on():
     from training.stack_data import data_parts, training_parts, validation_parts
 

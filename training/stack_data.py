@@ -11,6 +11,9 @@ Every sample is a pure function of ``(config, split, seed, index)``:
      of this split.
    Real images are cropped (a random square, 50-100 % of the short side), resized,
    flipped.  The Middlebury motorcycle is never used (it is the demo and a test bag).
+   A part may instead draw **real aperture pairs** (``real_pair_prob``): the real f/2.8
+   and f/8 shots of a ``real_dfd_indoor_train`` scene of the split, not rendered at all
+   (:func:`real_pair_sample`).
 2. **Camera**: F frames (a range for the camera-invariant cost-volume family, a fixed
    F for DFV), a focus schedule over the scene's 5th-95th depth percentiles (uniform
    in dioptres, uniform in depth, or random; for the cost-volume family sometimes in
@@ -105,6 +108,17 @@ class StackDataConfig:
     full_well: tuple = (300.0, 20000.0)  # photo-electrons at full scale (log-uniform)
     read_noise: tuple = (0.5, 5.0)       # electrons rms
     max_coc_px: float = 24.0             # cost-volume clamp, above every drawn blur
+    # Share of samples that are a real aperture pair (cost-volume family; session 10): the
+    # f/2.8 and f/8 shots of a ``real_dfd_indoor_train`` scene of this split -- real lens
+    # blur with its aberrations, real noise, JPEG and the shots' ~1 px misregistration, which
+    # no renderer of ours makes -- with the depth camera's ground truth, a random square at
+    # a scale U(real_pair_scale) of the source resolution (the shared pairs bag: 0.59).
+    # Every length (depth, focus, focal length, pitch) is multiplied by k, log-uniform in
+    # real_pair_world_scale: the blur in pixels is invariant under that (thin lens), so the
+    # frames stay exact while the network cannot key on one camera's metric values.
+    real_pair_prob: float = 0.0
+    real_pair_scale: tuple = (0.35, 0.8)
+    real_pair_world_scale: tuple = (0.5, 2.0)
 
     @classmethod
     def from_dict(cls, d: dict) -> 'StackDataConfig':
@@ -136,6 +150,64 @@ def _real_scenes(source: str, split: str) -> tuple:
     else:
         raise ValueError(source)
     return tuple(out)
+
+
+@lru_cache(maxsize=3)
+def _real_pairs(split: str) -> tuple:
+    """(f/2.8 uint8, f/8 uint8, depth metres, pixel pitch m) of the real_dfd scenes of one split."""
+    from ddfs_ros.scenes import real_dfd_scenes
+    root = data_splits.SHARED_DATA / 'real_dfd_indoor_train'
+    if not root.is_dir():
+        return ()
+    out = []
+    for i, (wide, narrow) in enumerate(zip(real_dfd_scenes(root, aperture='f2.8'), real_dfd_scenes(root, aperture='f8'))):
+        if data_splits.real_dfd_split(i) == split:
+            out.append((np.round(np.clip(wide.rgb, 0, 1) * 255).astype(np.uint8),
+                        np.round(np.clip(narrow.rgb, 0, 1) * 255).astype(np.uint8),
+                        np.asarray(narrow.depth_m, np.float32), float(narrow.meta['pixel_pitch_m']),
+                        (float(wide.meta['f_number']), float(narrow.meta['f_number']))))
+    return tuple(out)
+
+
+def real_pair_sample(cfg: StackDataConfig, split: str, rng: np.random.Generator) -> dict:
+    """One real aperture pair (see ``StackDataConfig.real_pair_prob``), in :func:`make_sample`'s layout."""
+    import cv2
+    from ddfs_ros.scenes import REAL_DFD_FOCAL_LENGTH_M, REAL_DFD_FOCUS_M
+    pairs = _real_pairs(split)
+    if not pairs:
+        raise FileNotFoundError(f'no real_dfd scenes of split {split!r} under {data_splits.SHARED_DATA}')
+    wide, narrow, depth, pitch, f_numbers = pairs[int(rng.integers(len(pairs)))]
+    H, W = depth.shape
+    S = cfg.size
+    side = min(int(round(S / rng.uniform(*cfg.real_pair_scale))), H, W)
+    y, x = int(rng.integers(0, H - side + 1)), int(rng.integers(0, W - side + 1))
+    win = (slice(y, y + side), slice(x, x + side))
+    frames = [cv2.resize(im[win], (S, S), interpolation=cv2.INTER_AREA) for im in (wide, narrow)]
+    gt = cv2.resize(depth[win], (S, S), interpolation=cv2.INTER_NEAREST)
+    gt = np.clip(np.nan_to_num(gt, nan=float(np.nanmedian(gt))), 0.1, None)
+    if rng.random() < 0.5:
+        frames, gt = [f[:, ::-1] for f in frames], gt[:, ::-1]
+    fnums = np.array(f_numbers, np.float64)
+    if rng.random() < 0.5:
+        frames, fnums = frames[::-1], fnums[::-1].copy()
+    k = _log_uniform(rng, *cfg.real_pair_world_scale)
+    focus = np.full(2, REAL_DFD_FOCUS_M * k)
+    lens = LensModel(REAL_DFD_FOCAL_LENGTH_M * k, float(fnums.min()), pitch * side / S * k)
+    gt = (gt * k).astype(np.float32)
+    chw = np.ascontiguousarray(np.stack([np.moveaxis(f, -1, 0) for f in frames]))          # 2 x 3 x S x S uint8
+    d = np.percentile(gt, [0.5, 50, 99.5])
+    blur = float(np.max(coc_m(d[:, None], focus[None, :], lens.focal_length_m, fnums[None, :]))) / lens.pixel_pitch_m
+    out = {'frames': chw, 'focus': focus.astype(np.float32), 'f_numbers': fnums.astype(np.float32),
+           'lens': np.array([lens.focal_length_m, lens.pixel_pitch_m], np.float64),
+           'gt': np.ascontiguousarray(gt), 'ref': reference_index(focus, fnums, 'farthest'),
+           'meta': {'source': 'real_dfd_pair', 'schedule': 'aperture_pair', 'F': 2, 'max_blur_px': blur,
+                    'psf': 'real', 'blur_scale': 1.0, 'world_scale': k, 'crop_scale': S / side}}
+    hyps = hypotheses_from_focus_span(focus, cfg.num_hypotheses)
+    cost = _cost_volume(cfg.max_coc_px)(chw.astype(np.float32) / 255.0, focus, fnums, lens.focal_length_m,
+                                        lens.pixel_pitch_m, hyps)
+    out['cost'] = cost.numpy().astype(np.float16)
+    out['depths'] = hyps.astype(np.float32)
+    return out
 
 
 def draw_scene(cfg: StackDataConfig, split: str, rng: np.random.Generator):
@@ -237,6 +309,8 @@ def make_sample(cfg: StackDataConfig, split: str, seed: int, index: int) -> dict
     from ddfs_ros.render import SensorNoise, render_focal_stack
 
     rng = np.random.default_rng([int(seed), SPLIT_IDS[split], int(index)])
+    if cfg.family != 'dfv' and cfg.real_pair_prob > 0 and rng.random() < cfg.real_pair_prob:
+        return real_pair_sample(cfg, split, rng)
     rgb, depth, src = draw_scene(cfg, split, rng)
     cam = draw_camera(cfg, depth, rng)
     focus, fnums, lens = cam['focus_m'], cam['f_numbers'], cam['lens']
@@ -430,6 +504,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # load the scenes once, before the workers fork
     for s in ('real_dfd', 'rgbd_7scenes'):
         _real_scenes(s, a.split)
+    if cfg.real_pair_prob > 0:
+        _real_pairs(a.split)
     split_texture_images(a.split)
     if a.workers > 1:
         import multiprocessing as mp

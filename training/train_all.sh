@@ -31,10 +31,11 @@ lane() {  # name "val parts" "part:shards ..." (the config's parts that are trai
   wait
 }
 # Since session 8 the earlier parts are `train: false` (pixel-area disk): only their validation
-# splits are rendered; training reads the band-limited parts (ddfs: extra 6 = cv96_h, 7 = cv96_i;
-# dfv: extra 4 = stack5_96_e, 5 = stack5_96_f).  A run from scratch needs the earlier parts'
+# splits are rendered; training reads the band-limited parts (ddfs: extra 6 = cv96_h, 7 = cv96_i,
+# and the validation split of 8 = cv96_rp, real aperture pairs (session 10); dfv: extra 4 =
+# stack5_96_e, 5 = stack5_96_f).  A run from scratch needs the earlier parts'
 # training shards too (training/README.md, the parts table): render them with --part N.
-lane ddfs_s "4 6" "6:0:24 7:0:12" &
+lane ddfs_s "4 6 8" "6:0:24 7:0:12" &
 lane dfv_s "2 4" "4:0:16 5:0:8" &
 wait
 
