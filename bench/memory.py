@@ -4,7 +4,7 @@
 
 A stack of the built-in scene is rendered per size; each size then runs in a fresh
 subprocess (peak RSS is per process): load the engine, read the stack (uint8, as on
-the wire), run ``DepthPipeline`` three times, report ``ru_maxrss`` after loading and
+the wire), run the depth pipeline (``make_pipeline``: an ensemble too) three times, report ``ru_maxrss`` after loading and
 at the end.  Last line:
 ``memory engine=<name> <size>x<size>:F=<F>:peak_mb=<m>:stack_mb=<s> ... device=<cpu|cuda>``.
 """
@@ -52,12 +52,12 @@ def measure(engine: str, stack_path: str) -> dict:
     import torch
 
     from ddfs_ros.engines import load_engine
+    from ddfs_ros.ensemble import make_pipeline
     from ddfs_ros.optics import LensModel
-    from ddfs_ros.pipeline import DepthPipeline
     from ddfs_ros.stack import FocalStack
 
     eng = load_engine(engine, backend='auto')
-    pipe = DepthPipeline(eng, hypothesis_mode='from_focus', max_relative_uncertainty=0.0)
+    pipe = make_pipeline(eng, hypothesis_mode='from_focus', max_relative_uncertainty=0.0)
     loaded = _peak_mb()
     z = np.load(stack_path)
     stack = FocalStack(frames=z['frames'].astype(np.float32) / 255.0, focus_m=z['focus'], lens=LensModel(*z['lens']))
@@ -82,7 +82,10 @@ def main(argv=None) -> None:
         print(json.dumps(measure(args.engine, args.child)))
         return
     from ddfs_ros.engines import load_manifest
-    frames = load_manifest(args.engine).num_frames or args.frames
+    from ddfs_ros.ensemble import is_ensemble_manifest, load_ensemble_manifest
+    # a member with a fixed F (dfv) sets the stack so that every member of an ensemble takes it
+    paths = load_ensemble_manifest(args.engine).members if is_ensemble_manifest(args.engine) else [args.engine]
+    frames = next((f for f in (load_manifest(p).num_frames for p in paths) if f), None) or args.frames
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix='ddfs_mem_'))
     for size in args.sizes:

@@ -137,11 +137,11 @@ def main(argv=None) -> int:
     os.environ.update(ros_env(50))
     from bench._engines import bench_engines
     from ddfs_ros.engines import load_engine
-    from ddfs_ros.pipeline import DepthPipeline
+    from ddfs_ros.ensemble import make_pipeline
     engines, note = bench_engines(('ddfs',))
     path = str(engines['ddfs'])
     engine = load_engine(path, backend=args.backend)
-    pipeline = DepthPipeline(engine, hypothesis_mode='fixed')
+    pipeline = make_pipeline(engine, hypothesis_mode='fixed')
     pipeline.warm_up(runs=3)
     print(f'# engine {engine.manifest.name} ({note}) {engine.manifest.height}x{engine.manifest.width} on '
           f'{engine.description}; F = 5, rgb8; ROS: inference node in its own process, Fast DDS shm profile')

@@ -210,3 +210,12 @@ def test_node_runs_an_ensemble(tiny_ensemble):
             n.destroy_node()
         rclpy.try_shutdown(context=ctx)
         th.join(timeout=5.0)
+
+
+def test_memory_bench_measures_an_ensemble_with_a_stack_every_member_takes(tiny_ensemble, capsys):
+    from bench import memory
+    memory.main(['--engine', str(tiny_ensemble), '--sizes', str(TINY_SIZE)])
+    out = capsys.readouterr().out
+    # the dfv member takes F = 5 only: the bench must have rendered 5 frames and run both members
+    assert f'{TINY_SIZE}x{TINY_SIZE} F=5' in out and '[ens on ' in out and '+' in out.split('[ens on ')[1]
+    assert 'memory engine=ens ' in out and 'peak_mb=' in out
