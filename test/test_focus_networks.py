@@ -535,3 +535,19 @@ def test_export_is_dynamic_in_height_and_width_and_matches_eager(tmp_path, famil
             load_manifest(man, verify_sha256=False)
     if extrapolate:      # depth past the farthest focus survives the node's range mask
         assert np.nanmedian(results[0]) > 1.02 * stack.focus_m.max()
+
+
+def test_focus_measure_scores_nothing_on_a_split_of_aperture_pairs_and_says_so_in_json():
+    import json
+
+    from training.train_focus import focus_measure_on
+
+    class Pairs:            # the arrays a ShardDataset holds, two aperture pairs
+        arrays = {'nframes': np.array([2, 2]), 'focus': np.full((2, 2), 1.7, np.float32),
+                  'frames': np.zeros((2, 2, 3, 8, 8), np.uint8), 'gt': np.full((2, 8, 8), 2.0, np.float32)}
+
+        def __len__(self):
+            return 2
+    fm = focus_measure_on(Pairs())
+    assert fm == {'abs_rel': None, 'delta1': None, 'count': 0}
+    assert 'NaN' not in json.dumps(fm)

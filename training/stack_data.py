@@ -154,7 +154,7 @@ def _real_scenes(source: str, split: str) -> tuple:
 
 @lru_cache(maxsize=3)
 def _real_pairs(split: str) -> tuple:
-    """(f/2.8 uint8, f/8 uint8, depth metres, pixel pitch m) of the real_dfd scenes of one split."""
+    """(f/2.8 shot H x W x 3 uint8, f/8 shot, depth H x W metres, pixel pitch m, their f-numbers) per real_dfd scene of one split."""
     from ddfs_ros.scenes import real_dfd_scenes
     root = data_splits.SHARED_DATA / 'real_dfd_indoor_train'
     if not root.is_dir():

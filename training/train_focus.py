@@ -101,6 +101,8 @@ def validate(model: torch.nn.Module, family: str, data: ShardDataset, batch: int
             absrel.append(a)
             d1.append(d)
     model.train()
+    if not absrel:      # a split of aperture pairs only: the focus measure scores nothing (JSON null, not NaN)
+        return {'abs_rel': None, 'delta1': None, 'count': 0}
     return {'abs_rel': float(np.mean(absrel)), 'delta1': float(np.mean(d1)), 'count': len(absrel)}
 
 
@@ -175,6 +177,8 @@ def focus_measure_on(data: ShardDataset) -> dict:
         ar, dl = absrel_delta1(d, a['gt'][i])
         absrel.append(ar)
         d1.append(dl)
+    if not absrel:      # a split of aperture pairs only: the focus measure scores nothing (JSON null, not NaN)
+        return {'abs_rel': None, 'delta1': None, 'count': 0}
     return {'abs_rel': float(np.mean(absrel)), 'delta1': float(np.mean(d1)), 'count': len(absrel)}
 
 
