@@ -4,8 +4,8 @@
 
 A stack of the built-in scene is rendered per size; each size then runs in a fresh
 subprocess (peak RSS is per process): load the engine, read the stack (uint8, as on
-the wire), run the depth pipeline (``make_pipeline``: an ensemble too) three times, report ``ru_maxrss`` after loading and
-at the end.  Last line:
+the wire), run the depth pipeline (``make_pipeline``: an ensemble too) three times,
+report ``ru_maxrss`` after loading and at the end.  Last line:
 ``memory engine=<name> <size>x<size>:F=<F>:peak_mb=<m>:stack_mb=<s> ... device=<cpu|cuda>``.
 """
 from __future__ import annotations
