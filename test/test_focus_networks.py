@@ -378,8 +378,10 @@ def test_real_aperture_pairs_come_from_the_split_and_scale_the_world_without_cha
     from training.stack_data import StackDataConfig, _real_pairs, make_sample
 
     splits = [data_splits.real_dfd_split(i) for i in range(81)]
-    assert [len(_real_pairs(s)) for s in ('train', 'val', 'test')] == [splits.count(s) for s in ('train', 'val', 'test')]
-    base = StackDataConfig(family='ddfs', size=32, num_hypotheses=8, real_pair_prob=1.0, real_pair_world_scale=(1.0, 1.0))
+    names = ('train', 'val', 'test')
+    assert [len(_real_pairs(s)) for s in names] == [splits.count(s) for s in names]
+    base = StackDataConfig(family='ddfs', size=32, num_hypotheses=8, real_pair_prob=1.0,
+                           real_pair_world_scale=(1.0, 1.0))
     one = make_sample(base, 'val', 0, 3)
     assert one['meta']['source'] == 'real_dfd_pair' and one['frames'].shape == (2, 3, 32, 32)
     np.testing.assert_allclose(sorted(one['f_numbers']), [2.8, 8.0])
@@ -392,7 +394,8 @@ def test_real_aperture_pairs_come_from_the_split_and_scale_the_world_without_cha
     np.testing.assert_allclose(twice['depths'], 2.0 * one['depths'], rtol=1e-5)
 
     def blur_px(s):
-        return coc_m(s['gt'][None], s['focus'][:, None, None], s['lens'][0], s['f_numbers'][:, None, None]) / s['lens'][1]
+        coc = coc_m(s['gt'][None], s['focus'][:, None, None], s['lens'][0], s['f_numbers'][:, None, None])
+        return coc / s['lens'][1]
     np.testing.assert_allclose(blur_px(twice), blur_px(one), rtol=1e-5)
     np.testing.assert_allclose(twice['cost'].astype(np.float32), one['cost'].astype(np.float32), atol=2e-3)
     # the default draws no real pairs and leaves the other parts' samples as they were
