@@ -87,6 +87,14 @@ def absrel_delta1(depth: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
     return float(np.mean(np.abs(d - g) / g)), float(np.mean(np.maximum(d / g, g / d) < 1.25) * 100)
 
 
+def mean_scores(absrel: Sequence[float], delta1: Sequence[float]) -> dict:
+    """Per-stack AbsRel and delta1 (%) averaged, with their count; none scored (the focus measure
+    on a split of aperture pairs only) gives nulls, which JSON can hold (NaN it cannot)."""
+    if not absrel:
+        return {'abs_rel': None, 'delta1': None, 'count': 0}
+    return {'abs_rel': float(np.mean(absrel)), 'delta1': float(np.mean(delta1)), 'count': len(absrel)}
+
+
 @torch.no_grad()
 def validate(model: torch.nn.Module, family: str, data: ShardDataset, batch: int = 8) -> dict:
     """AbsRel and delta1 (%) of the full-size validation stacks (per image, then averaged)."""
@@ -101,9 +109,7 @@ def validate(model: torch.nn.Module, family: str, data: ShardDataset, batch: int
             absrel.append(a)
             d1.append(d)
     model.train()
-    if not absrel:      # a split of aperture pairs only: the focus measure scores nothing (JSON null, not NaN)
-        return {'abs_rel': None, 'delta1': None, 'count': 0}
-    return {'abs_rel': float(np.mean(absrel)), 'delta1': float(np.mean(d1)), 'count': len(absrel)}
+    return mean_scores(absrel, d1)
 
 
 def is_growth_parameter(model: torch.nn.Module, name: str) -> bool:
@@ -177,9 +183,7 @@ def focus_measure_on(data: ShardDataset) -> dict:
         ar, dl = absrel_delta1(d, a['gt'][i])
         absrel.append(ar)
         d1.append(dl)
-    if not absrel:      # a split of aperture pairs only: the focus measure scores nothing (JSON null, not NaN)
-        return {'abs_rel': None, 'delta1': None, 'count': 0}
-    return {'abs_rel': float(np.mean(absrel)), 'delta1': float(np.mean(d1)), 'count': len(absrel)}
+    return mean_scores(absrel, d1)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
