@@ -4,7 +4,7 @@ An ensemble manifest (``engines/NAME.json`` with ``"family": "ensemble"``) names
 manifests next to it and a combination rule::
 
     {"name": "ens_s", "family": "ensemble", "members": ["ddfs_s.json", "dfv_s.json"],
-     "combine": "inverse_variance"}
+     "combine": "inverse_variance", "views": ["identity", "hflip"]}
 
 :func:`load_ensemble_engine` loads every member with :func:`~ddfs_ros.engines.load_engine`
 (their own manifests, sha256 checks and backends); :class:`EnsemblePipeline` runs one
@@ -22,6 +22,7 @@ that disagree give a large uncertainty even when each is confident.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ from .stack import FocalStack, StackError
 ENSEMBLE_FAMILY = 'ensemble'
 #: Combination rules (``combine`` in the manifest).
 COMBINE_RULES = ('inverse_variance',)
+#: Test-time views: the frame axes (of F x H x W x C) each one mirrors.
+VIEWS = {'identity': (), 'hflip': (2,), 'vflip': (1,), 'hvflip': (1, 2)}
 #: A member's dioptre spread is floored at this fraction of its inverse depth, so that a
 #: member reporting ~0 uncertainty cannot take the whole weight.
 MIN_RELATIVE_SPREAD = 1e-3
@@ -78,6 +81,7 @@ class EnsembleManifest(ImageSize):
     name: str
     members: list[Path]
     combine: str
+    views: list[str] = field(default_factory=lambda: ['identity'])
     raw: dict = field(repr=False, default_factory=dict)
     family: str = ENSEMBLE_FAMILY
     #: Filled in by :func:`load_ensemble_engine` from the members (all dynamic = dynamic).
@@ -97,16 +101,25 @@ def load_ensemble_manifest(path: str | Path) -> EnsembleManifest:
     """Read and check an ensemble manifest (members must exist and not be ensembles themselves).
 
     Raises:
-        EngineError: unreadable JSON, fewer than two members, a missing or nested member,
-            an unknown combination rule.
+        EngineError: unreadable JSON, fewer than two runs per stack (members x views), a
+            missing or nested member, an unknown combination rule or view, views that
+            repeat or do not start with ``identity``.
     """
     path = Path(path)
     raw = read_manifest_json(path)
     if raw.get('family') != ENSEMBLE_FAMILY:
         raise EngineError(f'{path} is not an ensemble manifest (family {ENSEMBLE_FAMILY!r})')
+    views = raw.get('views', ['identity'])
+    if not isinstance(views, list) or not views or any(v not in VIEWS for v in views):
+        raise EngineError(f'ensemble manifest {path}: "views" must list some of {sorted(VIEWS)}, got {views!r}')
+    if views[0] != 'identity' or len(set(views)) != len(views):
+        # the first run gives the result its reference frame, geometry and alignment
+        raise EngineError(f'ensemble manifest {path}: "views" must start with "identity" and not repeat, '
+                          f'got {views!r}')
     members = raw.get('members')
-    if not isinstance(members, list) or len(members) < 2:
-        raise EngineError(f'ensemble manifest {path}: "members" must list at least two engine manifests')
+    if not isinstance(members, list) or not members or len(members) * len(views) < 2:
+        raise EngineError(f'ensemble manifest {path}: "members" must list at least two engine manifests '
+                          f'(or one with two or more "views")')
     paths = [path.parent / str(m) for m in members]
     for p in paths:
         if not p.is_file():
@@ -117,7 +130,7 @@ def load_ensemble_manifest(path: str | Path) -> EnsembleManifest:
     if combine not in COMBINE_RULES:
         raise EngineError(f'ensemble manifest {path}: unknown combine {combine!r} (one of {COMBINE_RULES})')
     return EnsembleManifest(path=path, name=str(raw.get('name') or path.stem), members=paths, combine=combine,
-                            raw=raw)
+                            views=[str(v) for v in views], raw=raw)
 
 
 class EnsembleEngine:
@@ -154,16 +167,34 @@ def load_ensemble_engine(path: str | Path, **load_options: Any) -> EnsembleEngin
     return EnsembleEngine(manifest, [load_engine(p, **load_options) for p in manifest.members])
 
 
+def mirrored(stack: FocalStack, view: str) -> FocalStack:
+    """``stack`` seen in one of :data:`VIEWS` (frames mirrored; focus, lens and stamp kept)."""
+    axes = VIEWS[view]
+    if not axes:
+        return stack
+    return dataclasses.replace(stack, frames=np.ascontiguousarray(np.flip(stack.frames, axes)))
+
+
+def mirror_result(result: DepthResult, view: str) -> DepthResult:
+    """A result of :func:`mirrored` ``(stack, view)`` mirrored back onto the stack's pixels
+    (depth, uncertainty and all-in-focus H x W [x C]; the view is its own inverse)."""
+    axes = tuple(a - 1 for a in VIEWS[view])          # F x H x W x C axes -> H x W [x C]
+    back = {k: np.ascontiguousarray(np.flip(getattr(result, k), axes))
+            for k in ('depth', 'uncertainty', 'all_in_focus') if getattr(result, k) is not None}
+    return dataclasses.replace(result, **back)
+
+
 class EnsemblePipeline:
-    """A :class:`~ddfs_ros.pipeline.DepthPipeline` per member, one combined result.
+    """A :class:`~ddfs_ros.pipeline.DepthPipeline` per member, run on every view, one combined result.
 
     Takes the same arguments (and defaults) as ``DepthPipeline``; the settings the node changes at run
-    time (``hypothesis_mode``, ``reference``, ``processing_width``, ``upsample``,
+    time (``hypothesis_mode``, ``reference``, ``processing_width``, ``pair_processing_width``, ``upsample``,
     ``align``) reach every member, the uncertainty thresholds apply once, to the
     combined depth.
     """
 
-    _MEMBER_SETTINGS = ('hypothesis_mode', 'reference', 'processing_width', 'upsample', 'align')
+    _MEMBER_SETTINGS = ('hypothesis_mode', 'reference', 'processing_width', 'pair_processing_width', 'upsample',
+                        'align')
 
     def __init__(self, engine: EnsembleEngine, hypothesis_mode='fixed', reference: str = 'farthest',
                  max_uncertainty: Optional[float] = None,
@@ -215,7 +246,11 @@ class EnsemblePipeline:
         t0 = time.perf_counter()
         members = self.usable(stack)
         aligned = self.align != 'off'
-        results = [m.run(stack, all_in_focus=all_in_focus and aligned and i == 0) for i, m in enumerate(members)]
+        results = []
+        for i, m in enumerate(members):
+            for j, view in enumerate(self.manifest.views):
+                r = m.run(mirrored(stack, view), all_in_focus=all_in_focus and aligned and i == j == 0)
+                results.append(r if view == 'identity' else mirror_result(r, view))
         t1 = time.perf_counter()
         depth, unc = combine_inverse_variance([r.depth for r in results], [r.uncertainty for r in results])
         hyp = np.unique(np.concatenate([r.hypotheses for r in results]))
@@ -240,10 +275,11 @@ class EnsemblePipeline:
         timings['combine'] = (t2 - t1) * 1e3
         timings['total'] = (t2 - t0) * 1e3
         first = results[0]
+        runs = len(self.manifest.views)
         return DepthResult(depth=depth, uncertainty=unc, hypotheses=hyp, timings=timings,
                            n_out_of_range=int(bad_range.sum()), n_uncertain=int(bad_unc.sum()),
                            reference_index=first.reference_index,
-                           backend='+'.join(f'{m.manifest.name}:{r.backend}' for m, r in zip(members, results)),
+                           backend='+'.join(f'{m.manifest.name}:{r.backend}' for m, r in zip(members, results[::runs])),
                            all_in_focus=aif, geometry=first.geometry, alignment=first.alignment)
 
     def warm_up(self, num_frames: Optional[int] = None, runs: int = 2) -> float:

@@ -157,6 +157,13 @@ class FocalStack:
         return self.frames if self.channels == 3 else np.repeat(self.frames, 3, axis=3)
 
     @property
+    def aperture_only(self) -> bool:
+        """True when every frame has the same focus distance (depth from defocus by
+        aperture, e.g. an f/2.8 + f/8 pair): only the f-numbers differ."""
+        lo, hi = self.focus_range
+        return hi - lo <= 1e-6 * hi
+
+    @property
     def focus_range(self) -> tuple[float, float]:
         return float(self.focus_m.min()), float(self.focus_m.max())
 

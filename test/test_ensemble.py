@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from ddfs_ros.engines import EngineError, load_engine
-from ddfs_ros.ensemble import (EnsembleEngine, EnsemblePipeline, combine_inverse_variance, is_ensemble_manifest,
-                               load_ensemble_manifest, make_pipeline)
+from ddfs_ros.ensemble import (VIEWS, EnsembleEngine, EnsemblePipeline, combine_inverse_variance,
+                               is_ensemble_manifest, load_ensemble_manifest, make_pipeline, mirror_result, mirrored)
 from ddfs_ros.pipeline import DepthPipeline
 from ddfs_ros.stack import FocalStack, StackError
 
@@ -64,6 +64,10 @@ def test_agreeing_members_keep_their_depth_and_a_zero_spread_is_floored():
 
 @pytest.mark.parametrize('members, extra, match', [
     (['a.json'], {}, 'at least two'),
+    (None, {'views': ['identity', 'rot90']}, '"views" must list'),
+    (None, {'views': []}, '"views" must list'),
+    (None, {'views': ['hflip', 'identity']}, 'start with "identity"'),
+    (None, {'views': ['identity', 'hflip', 'hflip']}, 'not repeat'),
     (['missing.json', 'missing2.json'], {}, 'does not exist'),
     (None, {'combine': 'vote'}, 'unknown combine'),
 ])
@@ -118,6 +122,47 @@ def test_pipeline_combines_its_members_outputs(tiny_ensemble, tiny_engines):
     hi = max(r.hypotheses.max() for r in singles)
     assert res.depth_range == pytest.approx((lo, hi))
     assert res.timings['total'] >= res.timings['infer'] > 0
+
+
+@pytest.mark.parametrize('view', sorted(VIEWS))
+def test_a_view_is_its_own_inverse_and_keeps_the_optics(view):
+    from ddfs_ros.pipeline import DepthResult
+    stack = _stack()
+    seen = mirrored(stack, view)
+    assert seen.frames.shape == stack.frames.shape and seen.frames.flags['C_CONTIGUOUS']
+    assert (seen.frames == stack.frames).all() == (view == 'identity')
+    np.testing.assert_array_equal(seen.focus_m, stack.focus_m)
+    assert seen.lens == stack.lens
+    np.testing.assert_array_equal(mirrored(seen, view).frames, stack.frames)
+    # a "depth" that is the reference frame's red channel mirrors back onto the stack's pixels
+    r = DepthResult(depth=seen.frames[0, ..., 0], uncertainty=seen.frames[1, ..., 0], hypotheses=np.ones(2),
+                    all_in_focus=seen.frames[2])
+    back = mirror_result(r, view)
+    np.testing.assert_array_equal(back.depth, stack.frames[0, ..., 0])
+    np.testing.assert_array_equal(back.uncertainty, stack.frames[1, ..., 0])
+    np.testing.assert_array_equal(back.all_in_focus, stack.frames[2])
+
+
+def test_views_run_every_member_on_the_mirrored_stack(tiny_engines, tmp_path):
+    """One member and two views: the combination of its run on the stack and of its run on the
+    left-right mirrored stack mirrored back (the tiny network is not mirror-symmetric)."""
+    ens = _ensemble(tmp_path, [str(tiny_engines['ddfs'])], views=['identity', 'hflip'])
+    eng = load_engine(ens, backend='onnxruntime')
+    assert eng.manifest.views == ['identity', 'hflip']
+    pipe = make_pipeline(eng, hypothesis_mode='from_focus', max_relative_uncertainty=None)
+    stack = _stack(seed=3)
+    single = DepthPipeline(eng.members[0], hypothesis_mode='from_focus', max_relative_uncertainty=None)
+    plain = single.run(stack)
+    flipped = single.run(mirrored(stack, 'hflip'))
+    assert not np.allclose(flipped.depth[:, ::-1], plain.depth, equal_nan=True)
+    want_d, want_u = combine_inverse_variance([plain.depth, flipped.depth[:, ::-1]],
+                                              [plain.uncertainty, flipped.uncertainty[:, ::-1]])
+    res = pipe.run(stack, all_in_focus=True)
+    finite = np.isfinite(res.depth)
+    assert finite.mean() > 0.9
+    np.testing.assert_allclose(res.depth[finite], want_d[finite], rtol=1e-4)
+    np.testing.assert_allclose(res.uncertainty, want_u, rtol=1e-4)
+    assert res.backend == 'tiny_ddfs:onnxruntime' and res.all_in_focus.shape == stack.frames.shape[1:]
 
 
 def test_a_stack_one_member_refuses_goes_to_the_others(tiny_ensemble):

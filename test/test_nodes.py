@@ -535,6 +535,16 @@ def test_inference_yaml_keys_are_declared(t1):
     assert node.describe_parameter('max_relative_uncertainty').floating_point_range
 
 
+def test_pair_processing_width_is_a_checked_dynamic_parameter(t1):
+    node = t1[0]
+    assert node.get_parameter('pair_processing_width').value == 0 == node.pipeline.pair_processing_width
+    assert not node.set_parameters([Parameter('pair_processing_width', value=4)])[0].successful
+    assert node.set_parameters([Parameter('pair_processing_width', value=96)])[0].successful
+    assert node.pipeline.pair_processing_width == 96
+    assert node.set_parameters([Parameter('pair_processing_width', value=0)])[0].successful
+    assert node.pipeline.pair_processing_width == 0
+
+
 def test_missing_engine_fails_clearly(ros, tmp_path):
     ctx, _ = ros
     with pytest.raises(EngineError, match='not found'):

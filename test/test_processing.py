@@ -88,6 +88,25 @@ def test_non_square_stack_end_to_end_matches_the_stages_by_hand(argmin):
     assert DepthPipeline(eng, 'fixed', processing_width=512).run(small).geometry.width == 64
 
 
+def test_an_aperture_pair_runs_at_its_own_width_unless_told_otherwise(argmin):
+    """A sweep runs at processing_width; a one-focus-distance pair at the input width
+    (pair_processing_width 0), or at pair_processing_width when one is set."""
+    eng = argmin['dynamic']
+    frames = np.random.default_rng(4).random((2, 96, 128, 3), dtype=np.float32)
+    lens = LensModel(F_M, N, PITCH_128)
+    sweep = FocalStack(frames, [0.3, 0.5], lens)
+    pair = FocalStack(frames, [0.4, 0.4], lens, f_numbers=[2.0, 8.0])
+    assert pair.aperture_only and not sweep.aperture_only
+    pipe = DepthPipeline(eng, 'fixed', processing_width=64)
+    assert pipe.run(sweep).geometry.width == 64
+    res = pipe.run(pair)
+    assert res.geometry.width == 128 and res.depth.shape == (96, 128) and np.isfinite(res.depth).any()
+    pipe.pair_processing_width = 96
+    assert pipe.run(pair).geometry.width == 96 and pipe.run(sweep).geometry.width == 64
+    with pytest.raises(ValueError, match='pair_processing_width'):
+        DepthPipeline(eng, 'fixed', pair_processing_width=4)
+
+
 def _plane_stack(depth_m: float, rows: int, pitch: float = PITCH_128) -> FocalStack:
     plane = fronto_parallel_plane(128, depth_m)
     frames = render_focal_stack(plane.rgb, plane.depth_m, FOCUS, LensModel(F_M, N, pitch))

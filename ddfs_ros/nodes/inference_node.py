@@ -86,7 +86,7 @@ class InferenceNode(Node):
                                       max_uncertainty=p('max_uncertainty') or None,
                                       max_relative_uncertainty=p('max_relative_uncertainty') or None,
                                       processing_width=int(p('processing_width')), upsample=p('upsample'),
-                                      align=p('align'))
+                                      align=p('align'), pair_processing_width=int(p('pair_processing_width')))
         self.last_alignment: list = []
         if p('warmup_runs') > 0:
             ms = self.pipeline.warm_up(runs=int(p('warmup_runs')))
@@ -173,6 +173,9 @@ class InferenceNode(Node):
         d('processing_width', 256, describe('width (px) the cost volume and a dynamic-size engine run at; height '
                                             'by the aspect ratio, never above the input width', lo=16, hi=8192,
                                             integer=True))
+        d('pair_processing_width', 0, describe('the same for aperture-only stacks (one focus distance, e.g. an '
+                                               'f/2.8 + f/8 pair); 0 = the input width, where their blur '
+                                               'difference is largest', lo=0, hi=8192, integer=True))
         d('upsample', 'joint_bilateral', describe('depth/uncertainty back to the input size',
                                                   choices=['joint_bilateral', 'guided', 'bilinear']))
         d('align', 'off', describe('warp every frame onto the reference before the cost volume (focus breathing, '
@@ -205,6 +208,11 @@ class InferenceNode(Node):
                 self.pipeline.max_relative_uncertainty = values['max_relative_uncertainty'] or None
             if 'processing_width' in values:
                 self.pipeline.processing_width = int(values['processing_width'])
+            if 'pair_processing_width' in values:
+                v = int(values['pair_processing_width'])
+                if 0 < v < 8:
+                    raise ValueError(f'pair_processing_width must be 0 (the input width) or >= 8 px, got {v}')
+                self.pipeline.pair_processing_width = v
             if 'upsample' in values:
                 make_pipeline(self.engine, upsample=values['upsample'])          # validates
                 self.pipeline.upsample = values['upsample']
