@@ -17,8 +17,8 @@ scored offline is exactly what the robot runs.  Steps (each timed):
      instead, by default the input width: its only cue is how much more the wide
      aperture blurs, about a pixel at the camera's resolution over much of a scene,
      and a downscale to 256 px makes that sub-pixel (measured on the validation
-     pairs of ``real_dfd``: the median oracle beaten on 36.8 % of pixels at 640 px
-     against 29.9 % at 256 px, AbsRel 0.406 against 0.423);
+     pairs of ``real_dfd``, ``ddfs-bag pairs``: the median oracle beaten on 36.8 % of
+     pixels at 645 px against 29.5 % at 256 px, AbsRel 0.406 against 0.424);
    - fixed-size engine (He x We): the largest centred crop of the input with the
      engine's aspect ratio is resized to He x We.  Outside the crop, depth and
      uncertainty are NaN (a 640 x 480 stack on a 128 x 128 engine gives depth in the

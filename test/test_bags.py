@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
+from ddfs_ros import data_splits
 from ddfs_ros.eval import bag_cli
 from ddfs_ros.eval.bags import (StackBagWriter, image_to_array, open_bag_info, read_bag, read_stacks,
                                 stack_from_messages, stack_messages)
@@ -81,6 +82,31 @@ def test_ddfs_bag_cli_make_and_info(tmp_path, capsys):
     for (a, ga), (b, gb) in zip(stacks, read_stacks(otf)):
         np.testing.assert_array_equal(ga, gb)
         assert not np.array_equal(a.frames, b.frames)
+
+
+@pytest.mark.skipif(not (data_splits.SHARED_DATA / 'real_dfd_indoor_train' / 'pairs.csv').is_file(),
+                    reason='needs ../shared/data/real_dfd_indoor_train (see its README)')
+def test_ddfs_bag_pairs_writes_the_real_shots_as_aperture_only_stacks(tmp_path, capsys):
+    from ddfs_ros.scenes import real_dfd_scenes
+    out = tmp_path / 'pairs'
+    assert bag_cli.main(['pairs', str(out), '--split', 'val', '--select', '0:2', '--width', '160']) == 0
+    assert 'wrote 2 real aperture pairs' in capsys.readouterr().out
+    stacks = list(read_stacks(out))
+    assert len(stacks) == 2
+    root = data_splits.SHARED_DATA / 'real_dfd_indoor_train'
+    first_val = next(i for i in range(100) if data_splits.real_dfd_split(i) == 'val')
+    wide = next(s for i, s in enumerate(real_dfd_scenes(root, aperture='f2.8')) if i == first_val)
+    stack, gt = stacks[0]
+    H, W = wide.shape[:2]
+    assert stack.aperture_only and stack.per_frame_f_numbers().tolist() == [2.8, 8.0]
+    assert stack.frames.shape == (2, round(H * 160 / W), 160, 3) and gt.shape == stack.frames.shape[1:3]
+    assert stack.lens.pixel_pitch_m == pytest.approx(wide.meta['pixel_pitch_m'] * W / 160)
+    assert np.nanmin(gt) > 0.1 and np.nanmax(gt) < 12.0           # metres, from the depth camera
+    # the frames are the real shots, area-averaged (8-bit): the f/2.8 one is the first
+    import cv2
+    small = cv2.resize(np.clip(wide.rgb, 0, 1).astype(np.float32), (160, stack.height), interpolation=cv2.INTER_AREA)
+    assert np.abs(stack.frames[0] - small).max() < 1.0 / 255 + 1e-6
+    assert bag_cli.main(['pairs', str(out)]) == 2                  # never over an existing bag
 
 
 def _write_corrupted_bag(path: Path) -> list:

@@ -7,6 +7,7 @@
     ddfs-bag make OUT --source rgbd DIR --camera camera.yaml        # DIR/rgbd.yaml says how
     ddfs-bag make OUT --source real_dfd --split test                  # held-out real scenes (data_splits)
     ddfs-bag make OUT --source rgbd_7scenes --split test              # held-out 7-Scenes frames
+    ddfs-bag pairs OUT --split val [--width 256]                       # real f/2.8 + f/8 shots (no rendering)
     ddfs-bag info BAG                                                  # stacks, stamps, problems
 
 A bag holds ``<ns>/focal_stack/{image,camera_info,lens_state,depth_gt}`` (DESIGN.md
@@ -47,6 +48,13 @@ over the split's scenes) ask for fewer.  Without ``--camera`` each uses its pres
   agree; the largest blur over a 1-3 m sweep is about 3 px at 256 px.  The depth
   camera's holes (0 = no reading) are filled from the background side
   (:func:`ddfs_ros.scenes.fill_depth_holes`) for rendering only: ``depth_gt`` is NaN there.
+
+Real aperture pairs (``ddfs-bag pairs OUT --split S``): nothing rendered.  Each
+``real_dfd_indoor_train`` scene of the split becomes one aperture-only stack of its two
+real shots, f/2.8 then f/8, both focused at 1.7 m (Nikon D200, 35 mm, 36 um at 645 px),
+with the depth camera's map as ``depth_gt``: real lens blur, noise, JPEG and the shots'
+own small misregistration, as in the shared ``dfd_aperture_pairs`` bag.  ``--width``
+area-averages frames to that width (pitch scaled alike; depth by nearest neighbour).
 """
 from __future__ import annotations
 
@@ -436,6 +444,65 @@ def make_bag(out, source: str, cam: CameraConfig, stacks: int, storage: str = 'm
             'focus': schedules}
 
 
+def make_pair_bag(out, split: str = 'val', width: Optional[int] = None, root: Optional[Path] = None,
+                  storage: str = 'mcap', namespace: str = DEFAULT_NAMESPACE, select: Optional[str] = None,
+                  start_ns: int = START_STAMP_NS) -> dict:
+    """Write the real f/2.8 + f/8 shots of the real_dfd scenes of ``split`` as aperture-only stacks.
+
+    Args:
+        width: frame width (px) after an area downscale; None = the files' own (645).
+        select: a Python slice over the split's scenes, e.g. ``'0:4'``.
+
+    Returns a summary dict (path, stacks, size, lens).
+    """
+    import cv2
+    from .. import data_splits
+    from ..scenes import REAL_DFD_F_NUMBERS, REAL_DFD_FOCAL_LENGTH_M, REAL_DFD_FOCUS_M, real_dfd_scenes
+    from ..stack import FocalStack
+    root = root or data_splits.SHARED_DATA / 'real_dfd_indoor_train'
+    shots = zip(real_dfd_scenes(root, aperture='f2.8'), real_dfd_scenes(root, aperture='f8'))
+    scenes = [pair for i, pair in enumerate(shots) if data_splits.real_dfd_split(i) == split]
+    if select:
+        scenes = scenes[slice(*(int(x) if x else None for x in select.split(':')))]
+    f_numbers = [REAL_DFD_F_NUMBERS['f2.8'], REAL_DFD_F_NUMBERS['f8']]
+    size, lens = None, None
+    with StackBagWriter(out, namespace=namespace, storage=storage, encoding='rgb8') as writer:
+        for k, (wide, narrow) in enumerate(scenes):
+            frames = [np.clip(np.asarray(x.rgb, dtype=np.float32), 0.0, 1.0) for x in (wide, narrow)]
+            depth = np.asarray(narrow.depth_m, dtype=np.float32)
+            pitch = float(narrow.meta['pixel_pitch_m'])
+            H, W = depth.shape
+            if width and int(width) < W:
+                w, h = int(width), max(1, int(round(H * int(width) / W)))
+                frames = [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]
+                depth = cv2.resize(depth, (w, h), interpolation=cv2.INTER_NEAREST)
+                pitch *= W / float(w)
+            lens = LensModel(REAL_DFD_FOCAL_LENGTH_M, f_numbers[0], pitch)
+            stack = FocalStack(np.stack(frames), [REAL_DFD_FOCUS_M] * 2, lens, f_numbers=f_numbers,
+                               stamp_ns=start_ns + k * 1_000_000_000)
+            writer.write(stack, depth_gt=depth)
+            size = (stack.width, stack.height)
+    return {'path': str(out), 'stacks': len(scenes), 'storage': storage, 'namespace': namespace, 'size': size,
+            'lens': None if lens is None else {'focal_length': lens.focal_length_m, 'pixel_pitch': lens.pixel_pitch_m,
+                                               'f_numbers': f_numbers, 'focus': REAL_DFD_FOCUS_M}}
+
+
+def cmd_pairs(args) -> int:
+    """``ddfs-bag pairs``: :func:`make_pair_bag`."""
+    if Path(args.out).exists():
+        print(f'ddfs-bag: {args.out} exists; rosbag2 bags are written to a new folder', file=sys.stderr)
+        return 2
+    try:
+        summary = make_pair_bag(args.out, args.split, args.width, Path(args.root) if args.root else None,
+                                args.storage, args.namespace, args.select)
+    except FileNotFoundError as e:
+        print(f'ddfs-bag: {e}', file=sys.stderr)
+        return 2
+    print(f"wrote {summary['stacks']} real aperture pairs ({args.split} split, {summary['size']}) to {args.out}; "
+          f"lens {summary['lens']}")
+    return 0
+
+
 # --------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='ddfs-bag', description='Write and inspect focal-stack rosbag2 bags.')
@@ -473,6 +540,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "band-limited image: a sub-pixel defocus softens the frame, as in a real camera), gaussian")
     m.add_argument('--no-gt', action='store_true', help='leave out focal_stack/depth_gt')
     m.add_argument('--seed', type=int, default=None)
+    r = sub.add_parser('pairs', help='write the real f/2.8 + f/8 shots of the real_dfd scenes of a split as '
+                       'aperture-only stacks (no rendering; depth_gt from the depth camera)')
+    r.add_argument('out', help='output bag folder (must not exist)')
+    r.add_argument('--split', choices=('train', 'val', 'test'), default='val',
+                   help='which split of ddfs_ros.data_splits (default val: not a test figure)')
+    r.add_argument('--width', type=int, default=None, help='area-downscale the frames to this width (px)')
+    r.add_argument('--select', default=None, metavar='START:STOP:STEP', help="a slice over the split's scenes")
+    r.add_argument('--root', default=None, help='the real_dfd_indoor_train folder (default ../shared/data/...)')
+    r.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap')
+    r.add_argument('--namespace', default=DEFAULT_NAMESPACE)
     i = sub.add_parser('info', help='list the stacks of a bag and what is wrong with any of them')
     i.add_argument('bag')
     i.add_argument('--namespace', default=None)
@@ -598,6 +675,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return cmd_make(args)
     if args.cmd == 'calibration':
         return cmd_calibration(args)
+    if args.cmd == 'pairs':
+        return cmd_pairs(args)
     return cmd_info(args)
 
 
