@@ -4,7 +4,7 @@ An ensemble manifest (``engines/NAME.json`` with ``"family": "ensemble"``) names
 manifests next to it and a combination rule::
 
     {"name": "ens_s", "family": "ensemble", "members": ["ddfs_s.json", "dfv_s.json"],
-     "combine": "inverse_variance", "views": ["identity", "hflip"]}
+     "combine": "inverse_variance"}
 
 :func:`load_ensemble_engine` loads every member with :func:`~ddfs_ros.engines.load_engine`
 (their own manifests, sha256 checks and backends); :class:`EnsemblePipeline` runs one
@@ -12,6 +12,14 @@ manifests next to it and a combination rule::
 :func:`combine_inverse_variance`, then applies the sanity mask once.  A stack that some
 member cannot take (e.g. F != 5 for ``dfv_s``) is answered by the members that can; the
 result's ``backend`` names the members used.
+
+``views`` (optional, default ``["identity"]``; ``engines/ens_tta_s.json`` lists all four)
+is test-time augmentation: every member also runs on the stack mirrored left-right
+(``hflip``), upside down (``vflip``) or both (``hvflip``), its outputs mirrored back, and
+all runs are combined as one.  Defocus has no handedness (DESIGN.md's thin-lens blur is a
+disk, symmetric under both mirrors), so a mirrored stack is another valid input whose
+network errors are partly independent of the original's; each view costs one more run
+of every member.
 
 Why dioptres: every member outputs the expectation of a distribution over hypotheses
 spaced in dioptres, and its uncertainty (m) is that distribution's spread, so the
@@ -279,7 +287,8 @@ class EnsemblePipeline:
         return DepthResult(depth=depth, uncertainty=unc, hypotheses=hyp, timings=timings,
                            n_out_of_range=int(bad_range.sum()), n_uncertain=int(bad_unc.sum()),
                            reference_index=first.reference_index,
-                           backend='+'.join(f'{m.manifest.name}:{r.backend}' for m, r in zip(members, results[::runs])),
+                           backend='+'.join(f'{m.manifest.name}:{r.backend}'
+                                            for m, r in zip(members, results[::runs])),
                            all_in_focus=aif, geometry=first.geometry, alignment=first.alignment)
 
     def warm_up(self, num_frames: Optional[int] = None, runs: int = 2) -> float:

@@ -235,10 +235,7 @@ class DepthPipeline:
         if int(processing_width) < 8:
             raise ValueError(f'processing_width must be >= 8 px, got {processing_width}')
         self.processing_width = int(processing_width)
-        if int(pair_processing_width) != 0 and int(pair_processing_width) < 8:
-            raise ValueError(f'pair_processing_width must be 0 (the input width) or >= 8 px, '
-                             f'got {pair_processing_width}')
-        self.pair_processing_width = int(pair_processing_width)
+        self.pair_processing_width = pair_processing_width
         self.upsample = upsample
         self.engine = engine
         self.manifest = engine.manifest
@@ -260,6 +257,17 @@ class DepthPipeline:
         self.max_relative_uncertainty = max_relative_uncertainty if max_relative_uncertainty else None
         self._cv = cost_volume
         self._cv_device: Optional[torch.device] = None
+
+    @property
+    def pair_processing_width(self) -> int:
+        """Width (px) aperture-only stacks run at; 0 = the input width."""
+        return self._pair_processing_width
+
+    @pair_processing_width.setter
+    def pair_processing_width(self, value: int) -> None:
+        if 0 < int(value) < 8 or int(value) < 0:
+            raise ValueError(f'pair_processing_width must be 0 (the input width) or >= 8 px, got {value}')
+        self._pair_processing_width = int(value)
 
     # -- helpers ----------------------------------------------------------------------
     def _cost_volume(self, device: torch.device, width_px: int) -> CostVolume:

@@ -209,10 +209,7 @@ class InferenceNode(Node):
             if 'processing_width' in values:
                 self.pipeline.processing_width = int(values['processing_width'])
             if 'pair_processing_width' in values:
-                v = int(values['pair_processing_width'])
-                if 0 < v < 8:
-                    raise ValueError(f'pair_processing_width must be 0 (the input width) or >= 8 px, got {v}')
-                self.pipeline.pair_processing_width = v
+                self.pipeline.pair_processing_width = int(values['pair_processing_width'])   # validates
             if 'upsample' in values:
                 make_pipeline(self.engine, upsample=values['upsample'])          # validates
                 self.pipeline.upsample = values['upsample']
