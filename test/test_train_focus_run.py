@@ -85,3 +85,22 @@ def test_selection_over_val_parts_resume_and_growth(tmp_path, monkeypatch):
     first = next(k for k in before if before[k].dim() == 4)
     assert after['model'][first].shape[1] == before[first].shape[1] + D
     assert after['model'][first][:, -D:].abs().sum() > 0     # the new channels started at 0 and learn
+
+
+@pytest.mark.parametrize('fast', [True, False])
+def test_bf16_training_only_where_the_cpu_computes_bf16(tmp_path, monkeypatch, fast):
+    """train.amp bf16 runs bf16 autocast on a CPU with AVX512-BF16 / AMX and fp32 elsewhere
+    (emulated bf16 is several times slower than fp32)."""
+    import training.train_focus as tf
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tf, 'cpu_has_fast_bf16', lambda: fast)
+    for split in ('train', 'val'):
+        _shard(tmp_path / 'a', split, 0 if split == 'train' else 10)
+    conf = {'name': 'tiny', 'out': str(tmp_path / 'ck'),
+            'model': {'family': 'ddfs', 'arch': 'unet_cv_fv', 'kwargs': {'num_hypotheses': D, 'widths': [4, 4, 4, 4]}},
+            'data': {'cache': str(tmp_path / 'a'), 'family': 'ddfs', 'size': S, 'num_hypotheses': D},
+            'train': {'batch': 2, 'crop': 16, 'lr': 1e-3, 'samples_target': 64, 'warmup': 4, 'val_every': 4,
+                      'workers': 0, 'amp': 'bf16'}}
+    log = _run(tmp_path, conf, 4)
+    assert ('bf16 autocast' in log) == fast
+    assert ('no fast bf16' in log and 'training in fp32' in log) == (not fast)

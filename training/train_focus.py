@@ -33,6 +33,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from ddfs_ros.engines.torch_backend import cpu_has_fast_bf16
 from ddfs_ros.focus_bins import extrapolated_focus
 
 from .models.focusnets import CostFocusUNet, FocusStackNet, data_options
@@ -237,6 +238,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parts = data_parts(conf['data'])
     train_folders = [parts[i][1] for i in training_parts(conf['data'])]
     amp = (a.amp or t.get('amp', 'fp32')) == 'bf16'
+    if amp and not cpu_has_fast_bf16():
+        # emulated bf16 (a CPU without AVX512-BF16 / AMX) is several times slower than fp32
+        say('bf16 asked, but this CPU has no fast bf16 (AVX512-BF16 / AMX): training in fp32')
+        amp = False
     # Validation: part 0's split (the curve, comparable across sessions) and the split of
     # every part marked ``val: true``; checkpoints are chosen on those named in
     # train.select_on pooled (default: all of them).
