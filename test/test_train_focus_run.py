@@ -104,3 +104,28 @@ def test_bf16_training_only_where_the_cpu_computes_bf16(tmp_path, monkeypatch, f
     log = _run(tmp_path, conf, 4)
     assert ('bf16 autocast' in log) == fast
     assert ('no fast bf16' in log and 'training in fp32' in log) == (not fast)
+
+
+def test_plot_curves_keeps_the_committed_history_of_a_run_resumed_in_a_fresh_clone(tmp_path, monkeypatch):
+    """checkpoints/<run>/curve.csv of a resumed run starts where it resumed: the committed
+    curve keeps its earlier rows, the new rows replace any from there on."""
+    import csv
+    from training import plot_curves
+    monkeypatch.chdir(tmp_path)
+    cols = 'samples,val_abs_rel,val_delta1,train_loss,wall_s,lr,selection_abs_rel'
+
+    def write(path: Path, rows) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(cols + '\n' + ''.join(f'{s},{a},80.0,0.1,1,1e-4,{a}\n' for s, a in rows))
+
+    write(tmp_path / 'training' / 'curves' / 'r.csv', [(100, 0.3), (200, 0.25), (300, 0.24)])
+    write(tmp_path / 'checkpoints' / 'r' / 'curve.csv', [(300, 0.23), (400, 0.22)])
+    (tmp_path / 'checkpoints' / 'r' / 'focus_measure_val.json').write_text('{"abs_rel": 0.4, "delta1": 60.0}')
+    rows, fm = plot_curves.load('r')
+    assert [(int(r['samples']), float(r['val_abs_rel'])) for r in rows] == [(100, 0.3), (200, 0.25), (300, 0.23),
+                                                                           (400, 0.22)]
+    assert fm == {'abs_rel': 0.4, 'delta1': 60.0}
+    with open(tmp_path / 'training' / 'curves' / 'r.csv', newline='') as fh:
+        assert len(list(csv.DictReader(fh))) == 4
+    plot_curves.main(['--runs', 'r', '--out', str(tmp_path / 'c.png')])
+    assert (tmp_path / 'c.png').stat().st_size > 0

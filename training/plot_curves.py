@@ -4,7 +4,8 @@
 
 Reads ``checkpoints/<run>/curve.csv`` (written by ``training.train_focus``) and the
 focus measure scored on the same validation stacks (``focus_measure_val.json``),
-copies both to ``training/curves/`` (committed, so the curve survives the session) and
+merges the curve into ``training/curves/<run>.csv`` (committed, so the curve survives the
+session; :func:`merged_rows`), copies the focus measure next to it and
 draws one line per run with the focus measure as a dashed horizontal line of the same
 colour (each family has its own validation split: the cost-volume family's includes
 other F and aperture pairs).  Where a run also validated on the split of extra parts
@@ -23,15 +24,42 @@ from typing import Optional, Sequence
 CURVES = Path('training/curves')
 
 
+def _read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline='') as fh:
+        return list(csv.DictReader(fh))
+
+
+def merged_rows(committed: list[dict], new: list[dict]) -> list[dict]:
+    """The committed curve up to where the checkpoint's curve starts, then the checkpoint's.
+
+    A run resumed in a fresh clone (from ``training/weights``) starts a new ``curve.csv``
+    at the samples it resumed from; copying it over the committed one would lose the
+    history before that.
+    """
+    if not new:
+        return committed
+    start = int(new[0]['samples'])
+    return [r for r in committed if int(r['samples']) < start] + new
+
+
 def load(run: str) -> tuple[list[dict], Optional[dict]]:
     src = Path('checkpoints') / run
     CURVES.mkdir(parents=True, exist_ok=True)
-    for name, dst in (('curve.csv', f'{run}.csv'), ('focus_measure_val.json', f'{run}_focus_measure_val.json'),
+    path = CURVES / f'{run}.csv'
+    new = _read_rows(src / 'curve.csv')
+    if new:
+        rows = merged_rows(_read_rows(path), new)
+        with path.open('w', newline='') as fh:
+            w = csv.DictWriter(fh, fieldnames=list(new[0]), extrasaction='ignore', restval='')
+            w.writeheader()
+            w.writerows(rows)
+    for name, dst in (('focus_measure_val.json', f'{run}_focus_measure_val.json'),
                       ('focus_measure_selection.json', f'{run}_focus_measure_selection.json')):
         if (src / name).exists():
             shutil.copyfile(src / name, CURVES / dst)
-    path = CURVES / f'{run}.csv'
-    rows = list(csv.DictReader(path.open())) if path.exists() else []
+    rows = _read_rows(path)
     fm_path = CURVES / f'{run}_focus_measure_val.json'
     fm = json.loads(fm_path.read_text()) if fm_path.exists() else None
     return rows, fm
