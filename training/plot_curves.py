@@ -52,7 +52,7 @@ def load(run: str) -> tuple[list[dict], Optional[dict]]:
     if new:
         rows = merged_rows(_read_rows(path), new)
         with path.open('w', newline='') as fh:
-            w = csv.DictWriter(fh, fieldnames=list(new[0]), extrasaction='ignore', restval='')
+            w = csv.DictWriter(fh, fieldnames=list(new[0]), extrasaction='ignore', restval='', lineterminator='\n')
             w.writeheader()
             w.writerows(rows)
     for name, dst in (('focus_measure_val.json', f'{run}_focus_measure_val.json'),
