@@ -265,7 +265,7 @@ class DepthPipeline:
 
     @pair_processing_width.setter
     def pair_processing_width(self, value: int) -> None:
-        if 0 < int(value) < 8 or int(value) < 0:
+        if int(value) != 0 and int(value) < 8:
             raise ValueError(f'pair_processing_width must be 0 (the input width) or >= 8 px, got {value}')
         self._pair_processing_width = int(value)
 

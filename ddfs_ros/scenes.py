@@ -12,7 +12,8 @@ filled).  Sources:
   the seed.
 - :func:`load_rgbd`: a user's RGB image + depth image (uint16 millimetres by default).
 - :func:`real_dfd_scenes`: the real indoor depth-from-defocus set in
-  ``../shared/data/real_dfd_indoor_train`` (paired through ``pairs.csv``).
+  ``../shared/data/real_dfd_indoor_train`` (paired through ``pairs.csv``);
+  :func:`real_dfd_aperture_pairs`: its f/2.8 + f/8 shots of one split.
 - :func:`fronto_parallel_plane`, :func:`two_plane_scene`: small test scenes.
 """
 from __future__ import annotations
@@ -491,3 +492,15 @@ def real_dfd_scenes(root=REAL_DFD_DEFAULT_ROOT, aperture: str = 'f8',
                            'pixel_pitch_m': pitch, 'split': row.get('split', ''),
                            'depth_file': row['depth_file']})
         yield scene
+
+
+def real_dfd_aperture_pairs(split: str, root=REAL_DFD_DEFAULT_ROOT) -> list[tuple[Scene, Scene]]:
+    """(f/2.8 shot, f/8 shot) of every real_dfd scene of ``split`` (:func:`ddfs_ros.data_splits.real_dfd_split`):
+    two real shots at one focus distance, with the depth camera's map on both.
+
+    Raises:
+        FileNotFoundError: as :func:`real_dfd_scenes`.
+    """
+    from . import data_splits
+    shots = zip(real_dfd_scenes(root, aperture='f2.8'), real_dfd_scenes(root, aperture='f8'))
+    return [pair for i, pair in enumerate(shots) if data_splits.real_dfd_split(i) == split]

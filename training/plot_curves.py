@@ -48,9 +48,9 @@ def load(run: str) -> tuple[list[dict], Optional[dict]]:
     src = Path('checkpoints') / run
     CURVES.mkdir(parents=True, exist_ok=True)
     path = CURVES / f'{run}.csv'
-    new = _read_rows(src / 'curve.csv')
+    rows, new = _read_rows(path), _read_rows(src / 'curve.csv')
     if new:
-        rows = merged_rows(_read_rows(path), new)
+        rows = merged_rows(rows, new)
         with path.open('w', newline='') as fh:
             w = csv.DictWriter(fh, fieldnames=list(new[0]), extrasaction='ignore', restval='', lineterminator='\n')
             w.writeheader()
@@ -59,7 +59,6 @@ def load(run: str) -> tuple[list[dict], Optional[dict]]:
                       ('focus_measure_selection.json', f'{run}_focus_measure_selection.json')):
         if (src / name).exists():
             shutil.copyfile(src / name, CURVES / dst)
-    rows = _read_rows(path)
     fm_path = CURVES / f'{run}_focus_measure_val.json'
     fm = json.loads(fm_path.read_text()) if fm_path.exists() else None
     return rows, fm

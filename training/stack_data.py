@@ -156,19 +156,15 @@ def _real_scenes(source: str, split: str) -> tuple:
 def _real_pairs(split: str) -> tuple:
     """Per real_dfd scene of one split: (f/2.8 shot H x W x 3 uint8, f/8 shot, depth H x W metres,
     pixel pitch m, their f-numbers)."""
-    from ddfs_ros.scenes import real_dfd_scenes
+    from ddfs_ros.scenes import real_dfd_aperture_pairs
     root = data_splits.SHARED_DATA / 'real_dfd_indoor_train'
     if not root.is_dir():
         return ()
-    out = []
-    shots = zip(real_dfd_scenes(root, aperture='f2.8'), real_dfd_scenes(root, aperture='f8'))
-    for i, (wide, narrow) in enumerate(shots):
-        if data_splits.real_dfd_split(i) == split:
-            out.append((np.round(np.clip(wide.rgb, 0, 1) * 255).astype(np.uint8),
-                        np.round(np.clip(narrow.rgb, 0, 1) * 255).astype(np.uint8),
-                        np.asarray(narrow.depth_m, np.float32), float(narrow.meta['pixel_pitch_m']),
-                        (float(wide.meta['f_number']), float(narrow.meta['f_number']))))
-    return tuple(out)
+    return tuple((np.round(np.clip(wide.rgb, 0, 1) * 255).astype(np.uint8),
+                  np.round(np.clip(narrow.rgb, 0, 1) * 255).astype(np.uint8),
+                  np.asarray(narrow.depth_m, np.float32), float(narrow.meta['pixel_pitch_m']),
+                  (float(wide.meta['f_number']), float(narrow.meta['f_number'])))
+                 for wide, narrow in real_dfd_aperture_pairs(split, root))
 
 
 def real_pair_sample(cfg: StackDataConfig, split: str, rng: np.random.Generator) -> dict:

@@ -457,13 +457,10 @@ def make_pair_bag(out, split: str = 'val', width: Optional[int] = None, root: Op
     """
     import cv2
     from .. import data_splits
-    from ..scenes import REAL_DFD_F_NUMBERS, REAL_DFD_FOCAL_LENGTH_M, REAL_DFD_FOCUS_M, real_dfd_scenes
+    from ..scenes import REAL_DFD_F_NUMBERS, REAL_DFD_FOCAL_LENGTH_M, REAL_DFD_FOCUS_M, real_dfd_aperture_pairs
     from ..stack import FocalStack
     root = root or data_splits.SHARED_DATA / 'real_dfd_indoor_train'
-    shots = zip(real_dfd_scenes(root, aperture='f2.8'), real_dfd_scenes(root, aperture='f8'))
-    scenes = [pair for i, pair in enumerate(shots) if data_splits.real_dfd_split(i) == split]
-    if select:
-        scenes = scenes[slice(*(int(x) if x else None for x in select.split(':')))]
+    scenes = real_dfd_aperture_pairs(split, root)[parse_select(select)]
     f_numbers = [REAL_DFD_F_NUMBERS['f2.8'], REAL_DFD_F_NUMBERS['f8']]
     size, lens = None, None
     with StackBagWriter(out, namespace=namespace, storage=storage, encoding='rgb8') as writer:
