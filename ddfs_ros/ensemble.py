@@ -13,13 +13,23 @@ manifests next to it and a combination rule::
 member cannot take (e.g. F != 5 for ``dfv_s``) is answered by the members that can; the
 result's ``backend`` names the members used.
 
-``views`` (optional, default ``["identity"]``; ``engines/ens_tta_s.json`` lists all four)
+``views`` (optional, default ``["identity"]``; session 11's ``ens_tta_s`` listed all four,
+retired in session 12 for ``ddfs_ms_s``'s scales, more accurate at a quarter of the cost)
 is test-time augmentation: every member also runs on the stack mirrored left-right
 (``hflip``), upside down (``vflip``) or both (``hvflip``), its outputs mirrored back, and
 all runs are combined as one.  Defocus has no handedness (DESIGN.md's thin-lens blur is a
 disk, symmetric under both mirrors), so a mirrored stack is another valid input whose
 network errors are partly independent of the original's; each view costs one more run
 of every member.
+
+``scales`` (optional, default ``[1.0]``; ``engines/ddfs_ms_s.json`` lists ``[1.0, 0.75, 0.5]``)
+are scale views: every member also runs at that fraction of its processing width (the
+pipeline's area downscale with the pixel pitch scaled to match, so the thin-lens blur of
+each hypothesis is the same in metres and smaller in pixels; the output upsampled back),
+and all runs are combined as one.  A coarser view sees more of the scene per network
+receptive field (weakly textured regions get a depth from further away), a finer one the
+edges and small blur; the inverse-variance combination lets each pixel take the view that
+is sure of it.  A view at scale s costs about s^2 of a full run.
 
 Why dioptres: every member outputs the expectation of a distribution over hypotheses
 spaced in dioptres, and its uncertainty (m) is that distribution's spread, so the
@@ -51,6 +61,8 @@ VIEWS = {'identity': (), 'hflip': (2,), 'vflip': (1,), 'hvflip': (1, 2)}
 #: A member's dioptre spread is floored at this fraction of its inverse depth, so that a
 #: member reporting ~0 uncertainty cannot take the whole weight.
 MIN_RELATIVE_SPREAD = 1e-3
+#: Smallest scale view: below it the blur of most hypotheses is under a pixel.
+MIN_SCALE = 0.25
 
 
 def combine_inverse_variance(depths: Sequence[np.ndarray], uncertainties: Sequence[np.ndarray]
@@ -90,6 +102,7 @@ class EnsembleManifest(ImageSize):
     members: list[Path]
     combine: str
     views: list[str] = field(default_factory=lambda: ['identity'])
+    scales: list[float] = field(default_factory=lambda: [1.0])
     raw: dict = field(repr=False, default_factory=dict)
     family: str = ENSEMBLE_FAMILY
     #: Filled in by :func:`load_ensemble_engine` from the members (all dynamic = dynamic).
@@ -109,9 +122,10 @@ def load_ensemble_manifest(path: str | Path) -> EnsembleManifest:
     """Read and check an ensemble manifest (members must exist and not be ensembles themselves).
 
     Raises:
-        EngineError: unreadable JSON, fewer than two runs per stack (members x views), a
-            missing or nested member, an unknown combination rule or view, views that
-            repeat or do not start with ``identity``.
+        EngineError: unreadable JSON, fewer than two runs per stack (members x views x
+            scales), a missing or nested member, an unknown combination rule or view, views
+            that repeat or do not start with ``identity``, scales that repeat, do not start
+            with 1 or leave [MIN_SCALE, 1].
     """
     path = Path(path)
     raw = read_manifest_json(path)
@@ -124,10 +138,18 @@ def load_ensemble_manifest(path: str | Path) -> EnsembleManifest:
         # the first run gives the result its reference frame, geometry and alignment
         raise EngineError(f'ensemble manifest {path}: "views" must start with "identity" and not repeat, '
                           f'got {views!r}')
+    scales = raw.get('scales', [1.0])
+    if (not isinstance(scales, list) or not scales
+            or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in scales)):
+        raise EngineError(f'ensemble manifest {path}: "scales" must list numbers, got {scales!r}')
+    scales = [float(x) for x in scales]
+    if scales[0] != 1.0 or len(set(scales)) != len(scales) or any(not MIN_SCALE <= x <= 1.0 for x in scales):
+        raise EngineError(f'ensemble manifest {path}: "scales" must start with 1, not repeat and lie in '
+                          f'[{MIN_SCALE}, 1], got {scales!r}')
     members = raw.get('members')
-    if not isinstance(members, list) or not members or len(members) * len(views) < 2:
+    if not isinstance(members, list) or not members or len(members) * len(views) * len(scales) < 2:
         raise EngineError(f'ensemble manifest {path}: "members" must list at least two engine manifests '
-                          f'(or one with two or more "views")')
+                          f'(or one with two or more "views" or "scales")')
     paths = [path.parent / str(m) for m in members]
     for p in paths:
         if not p.is_file():
@@ -138,7 +160,7 @@ def load_ensemble_manifest(path: str | Path) -> EnsembleManifest:
     if combine not in COMBINE_RULES:
         raise EngineError(f'ensemble manifest {path}: unknown combine {combine!r} (one of {COMBINE_RULES})')
     return EnsembleManifest(path=path, name=str(raw.get('name') or path.stem), members=paths, combine=combine,
-                            views=[str(v) for v in views], raw=raw)
+                            views=[str(v) for v in views], scales=scales, raw=raw)
 
 
 class EnsembleEngine:
@@ -158,6 +180,8 @@ class EnsembleEngine:
             if len(sizes) != 1:
                 raise EngineError(f'ensemble {manifest.name}: fixed-size members disagree on the size {sizes}')
             manifest.image_size = sizes.pop()
+            if manifest.scales != [1.0]:
+                raise EngineError(f'ensemble {manifest.name}: scale views need dynamic-size members')
 
     @property
     def backend_name(self) -> str:
@@ -193,7 +217,7 @@ def mirror_result(result: DepthResult, view: str) -> DepthResult:
 
 
 class EnsemblePipeline:
-    """A :class:`~ddfs_ros.pipeline.DepthPipeline` per member, run on every view, one combined result.
+    """A :class:`~ddfs_ros.pipeline.DepthPipeline` per member, run on every view and scale, one combined result.
 
     Takes the same arguments (and defaults) as ``DepthPipeline``; the settings the node changes at run
     time (``hypothesis_mode``, ``reference``, ``processing_width``, ``pair_processing_width``, ``upsample``,
@@ -256,9 +280,11 @@ class EnsemblePipeline:
         aligned = self.align != 'off'
         results = []
         for i, m in enumerate(members):
-            for j, view in enumerate(self.manifest.views):
-                r = m.run(mirrored(stack, view), all_in_focus=all_in_focus and aligned and i == j == 0)
-                results.append(r if view == 'identity' else mirror_result(r, view))
+            for k, scale in enumerate(self.manifest.scales):
+                for j, view in enumerate(self.manifest.views):
+                    r = m.run(mirrored(stack, view), all_in_focus=all_in_focus and aligned and i == j == k == 0,
+                              scale=scale)
+                    results.append(r if view == 'identity' else mirror_result(r, view))
         t1 = time.perf_counter()
         depth, unc = combine_inverse_variance([r.depth for r in results], [r.uncertainty for r in results])
         hyp = np.unique(np.concatenate([r.hypotheses for r in results]))
@@ -283,7 +309,7 @@ class EnsemblePipeline:
         timings['combine'] = (t2 - t1) * 1e3
         timings['total'] = (t2 - t0) * 1e3
         first = results[0]
-        runs = len(self.manifest.views)
+        runs = len(self.manifest.views) * len(self.manifest.scales)
         return DepthResult(depth=depth, uncertainty=unc, hypotheses=hyp, timings=timings,
                            n_out_of_range=int(bad_range.sum()), n_uncertain=int(bad_unc.sum()),
                            reference_index=first.reference_index,
@@ -293,7 +319,7 @@ class EnsemblePipeline:
 
     def warm_up(self, num_frames: Optional[int] = None, runs: int = 2) -> float:
         """Warm every member up; returns the sum of their last runs' milliseconds."""
-        return float(sum(m.warm_up(num_frames, runs) for m in self.members))
+        return float(sum(m.warm_up(num_frames, runs, self.manifest.scales) for m in self.members))
 
 
 def make_pipeline(engine, **options: Any):

@@ -123,14 +123,25 @@ def _round_to(v: float, m: int) -> int:
     return max(m, int(round(v / m)) * m)
 
 
-def processing_geometry(H: int, W: int, manifest, processing_width: Optional[int]) -> ProcessingGeometry:
-    """Processing size for an H x W input on this engine (see the module docstring, step 2)."""
+def processing_geometry(H: int, W: int, manifest, processing_width: Optional[int],
+                        scale: float = 1.0) -> ProcessingGeometry:
+    """Processing size for an H x W input on this engine (see the module docstring, step 2).
+
+    ``scale`` (0 < scale <= 1, dynamic-size engines only) shrinks the processing width
+    further: a scale view of an ensemble (:mod:`ddfs_ros.ensemble`) runs at ``scale`` x
+    ``min(processing_width, W)`` px.
+    """
+    if not 0.0 < float(scale) <= 1.0:
+        raise ValueError(f'scale must be in (0, 1], got {scale}')
     if manifest.dynamic_size:
         m = int(manifest.size_multiple)
         target = min(int(processing_width or DEFAULT_PROCESSING_WIDTH), W)   # never upsample beyond the input
+        target = int(round(target * float(scale)))
         w = max(m, target // m * m)
         h = max(1, int(round(H * w / float(W))))
         return ProcessingGeometry(0, 0, H, W, h, w, -(-h // m) * m, w)
+    if float(scale) != 1.0:
+        raise ValueError(f'a fixed-size engine ({manifest.name}) runs at its own size: scale must be 1, got {scale}')
     He, We = manifest.height, manifest.width
     # largest centred crop with the engine's aspect ratio
     if H * We > W * He:          # input taller than the engine: crop rows
@@ -284,12 +295,13 @@ class DepthPipeline:
             return None            # CostVolume's default, already scaled with width
         return float(m.max_coc_px) * float(width_px) / float(m.coc_reference_width)
 
-    def geometry(self, height: int, width: int, aperture_only: bool = False) -> ProcessingGeometry:
+    def geometry(self, height: int, width: int, aperture_only: bool = False, scale: float = 1.0
+                 ) -> ProcessingGeometry:
         """The processing geometry of an input of this size (``aperture_only``: of an
-        aperture-only stack, at ``pair_processing_width``)."""
+        aperture-only stack, at ``pair_processing_width``), ``scale`` x that width."""
         if aperture_only:
-            return processing_geometry(height, width, self.manifest, self.pair_processing_width or width)
-        return processing_geometry(height, width, self.manifest, self.processing_width)
+            return processing_geometry(height, width, self.manifest, self.pair_processing_width or width, scale)
+        return processing_geometry(height, width, self.manifest, self.processing_width, scale)
 
     def hypotheses_for(self, focus_m: np.ndarray) -> np.ndarray:
         """The D depth hypotheses (m, ascending) for a stack with these focus distances."""
@@ -327,11 +339,13 @@ class DepthPipeline:
 
     # -- the run ------------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, stack: FocalStack, all_in_focus: bool = False) -> DepthResult:
+    def run(self, stack: FocalStack, all_in_focus: bool = False, scale: float = 1.0) -> DepthResult:
         """Depth and uncertainty of ``stack`` at its own size (see the module docstring).
 
         Args:
             all_in_focus: also compose the all-in-focus image (``result.all_in_focus``).
+            scale: run at this fraction (0, 1] of the processing width (a scale view of an
+                ensemble; dynamic-size engines only); the output is still at the input size.
         """
         t0 = time.perf_counter()
         timings = {}
@@ -343,7 +357,7 @@ class DepthPipeline:
             stack = stack.sorted()          # DFV learned near -> far
         ref = stack.reference_index(which)
         H, W = stack.height, stack.width
-        g = self.geometry(H, W, stack.aperture_only)
+        g = self.geometry(H, W, stack.aperture_only, scale)
         device = self.engine.device
         t1 = time.perf_counter()
         timings['validate'] = (t1 - t0) * 1e3
@@ -437,10 +451,11 @@ class DepthPipeline:
                            reference_index=ref_in, backend=self.engine.backend_name, all_in_focus=aif, geometry=g,
                            alignment=align_params)
 
-    def warm_up(self, num_frames: Optional[int] = None, runs: int = 2) -> float:
-        """Run a synthetic stack through every stage (allocations, filter cache, autotuning).
+    def warm_up(self, num_frames: Optional[int] = None, runs: int = 2, scales: Sequence[float] = (1.0,)) -> float:
+        """Run a synthetic stack through every stage (allocations, filter cache, autotuning),
+        at each of ``scales`` (an ensemble's scale views).
 
-        Returns the last run's total milliseconds.
+        Returns the last run's total milliseconds (summed over the scales).
         """
         m = self.manifest
         F = m.num_frames or num_frames or 5
@@ -458,5 +473,5 @@ class DepthPipeline:
         stack = FocalStack(frames, focus, LensModel(min(0.01, lo / 4), 2.0, 10e-6))
         total = 0.0
         for _ in range(runs):
-            total = self.run(stack, all_in_focus=True).timings['total']
+            total = sum(self.run(stack, all_in_focus=True, scale=s).timings['total'] for s in scales)
         return total

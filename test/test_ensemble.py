@@ -68,6 +68,11 @@ def test_agreeing_members_keep_their_depth_and_a_zero_spread_is_floored():
     (None, {'views': []}, '"views" must list'),
     (None, {'views': ['hflip', 'identity']}, 'start with "identity"'),
     (None, {'views': ['identity', 'hflip', 'hflip']}, 'not repeat'),
+    (None, {'scales': [0.5, 1.0]}, '"scales" must start with 1'),
+    (None, {'scales': [1.0, 1.0]}, 'not repeat'),
+    (None, {'scales': [1.0, 0.1]}, r'lie in \[0.25, 1\]'),
+    (None, {'scales': [1.0, '0.5']}, '"scales" must list numbers'),
+    (None, {'scales': []}, '"scales" must list numbers'),
     (['missing.json', 'missing2.json'], {}, 'does not exist'),
     (None, {'combine': 'vote'}, 'unknown combine'),
 ])
@@ -163,6 +168,38 @@ def test_views_run_every_member_on_the_mirrored_stack(tiny_engines, tmp_path):
     np.testing.assert_allclose(res.depth[finite], want_d[finite], rtol=1e-4)
     np.testing.assert_allclose(res.uncertainty, want_u, rtol=1e-4)
     assert res.backend == 'tiny_ddfs:onnxruntime' and res.all_in_focus.shape == stack.frames.shape[1:]
+
+
+def test_scales_run_every_member_at_a_fraction_of_the_processing_width(cost_argmin_engines, tmp_path):
+    """One dynamic-size member and scales [1, 0.5]: the combination of its run at the processing
+    width and of its run at half of it (both brought back to the input size)."""
+    ens = _ensemble(tmp_path, [str(cost_argmin_engines['dynamic'])], scales=[1.0, 0.5])
+    eng = load_engine(ens, backend='onnxruntime')
+    assert eng.manifest.scales == [1.0, 0.5]
+    pipe = make_pipeline(eng, hypothesis_mode='from_focus', max_relative_uncertainty=None, processing_width=64)
+    from ddfs_ros.optics import LensModel
+    rng = np.random.default_rng(5)
+    stack = FocalStack(rng.random((5, 48, 96, 3), dtype=np.float32), np.geomspace(0.15, 0.5, 5),
+                       LensModel(0.01, 2.0, 10e-6))
+    single = DepthPipeline(eng.members[0], hypothesis_mode='from_focus', max_relative_uncertainty=None,
+                           processing_width=64)
+    full, half = single.run(stack), single.run(stack, scale=0.5)
+    assert (full.geometry.width, half.geometry.width) == (64, 32)
+    assert half.depth.shape == full.depth.shape == (48, 96)
+    assert not np.allclose(full.depth, half.depth, equal_nan=True)
+    want_d, want_u = combine_inverse_variance([full.depth, half.depth], [full.uncertainty, half.uncertainty])
+    res = pipe.run(stack)
+    finite = np.isfinite(res.depth)
+    assert finite.mean() > 0.9
+    np.testing.assert_allclose(res.depth[finite], want_d[finite], rtol=1e-4)
+    np.testing.assert_allclose(res.uncertainty, want_u, rtol=1e-4)
+    assert res.geometry.width == 64 and pipe.warm_up(runs=1) > 0
+
+
+def test_scales_need_dynamic_size_members(tiny_engines, tmp_path):
+    ens = _ensemble(tmp_path, [str(tiny_engines['ddfs'])], scales=[1.0, 0.5])
+    with pytest.raises(EngineError, match='dynamic-size'):
+        load_engine(ens, backend='onnxruntime')
 
 
 def test_a_stack_one_member_refuses_goes_to_the_others(tiny_ensemble):

@@ -50,6 +50,15 @@ def test_processing_geometry(cost_argmin_engines, tiny_engines):
     assert (g.y0, g.x0, g.crop_h, g.crop_w, g.height, g.width) == (0, 80, 480, 480, 64, 64)
     g = processing_geometry(640, 480, fixed, 256)
     assert (g.y0, g.x0, g.crop_h, g.crop_w) == (80, 0, 480, 480)
+    # a scale view: a fraction of min(processing width, input width), then the multiple
+    g = processing_geometry(480, 640, dyn, 256, scale=0.5)
+    assert (g.width, g.height) == (128, 96)
+    g = processing_geometry(256, 256, dyn, 512, scale=0.75)
+    assert (g.width, g.height) == (192, 192)
+    with pytest.raises(ValueError, match='scale'):
+        processing_geometry(480, 640, dyn, 256, scale=1.5)
+    with pytest.raises(ValueError, match='fixed-size'):
+        processing_geometry(480, 640, fixed, 256, scale=0.5)
 
 
 def test_dynamic_engine_rejects_sizes_off_the_multiple(argmin):
