@@ -13,8 +13,7 @@ manifests next to it and a combination rule::
 member cannot take (e.g. F != 5 for ``dfv_s``) is answered by the members that can; the
 result's ``backend`` names the members used.
 
-``views`` (optional, default ``["identity"]``; session 11's ``ens_tta_s`` listed all four,
-retired in session 12 for ``ddfs_ms_s``'s scales, more accurate at a quarter of the cost)
+``views`` (optional, default ``["identity"]``; ``engines/ens_tta_s.json`` lists all four)
 is test-time augmentation: every member also runs on the stack mirrored left-right
 (``hflip``), upside down (``vflip``) or both (``hvflip``), its outputs mirrored back, and
 all runs are combined as one.  Defocus has no handedness (DESIGN.md's thin-lens blur is a
@@ -22,14 +21,18 @@ disk, symmetric under both mirrors), so a mirrored stack is another valid input 
 network errors are partly independent of the original's; each view costs one more run
 of every member.
 
-``scales`` (optional, default ``[1.0]``; ``engines/ddfs_ms_s.json`` lists ``[1.0, 0.75, 0.5]``)
+``scales`` (optional, default ``[1.0]``; ``engines/experimental/ddfs_ms_s.json`` lists
+``[1.0, 0.75, 0.5]``)
 are scale views: every member also runs at that fraction of its processing width (the
 pipeline's area downscale with the pixel pitch scaled to match, so the thin-lens blur of
 each hypothesis is the same in metres and smaller in pixels; the output upsampled back),
 and all runs are combined as one.  A coarser view sees more of the scene per network
 receptive field (weakly textured regions get a depth from further away), a finer one the
 edges and small blur; the inverse-variance combination lets each pixel take the view that
-is sure of it.  A view at scale s costs about s^2 of a full run.
+is sure of it.  A view at scale s costs about s^2 of a full run.  Measured (session 12,
+training/README.md): it helps where the network lacks context and hurts where the finest
+scale holds the depth cue (``motorcycle_sweep``), and the members' uncertainties do not
+tell the two apart, so no shipped engine uses it.
 
 Why dioptres: every member outputs the expectation of a distribution over hypotheses
 spaced in dioptres, and its uncertainty (m) is that distribution's spread, so the

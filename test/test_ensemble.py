@@ -241,6 +241,12 @@ def test_shipped_ensembles_name_shipped_members():
             assert all(p.parent == SHIPPED_DIR and p.is_file() for p in m.members), path
 
 
+def test_experimental_ensembles_name_shipped_members():
+    for path in sorted((SHIPPED_DIR / 'experimental').glob('*.json')):
+        m = load_ensemble_manifest(path)
+        assert all(p.resolve().parent == SHIPPED_DIR.resolve() and p.is_file() for p in m.members), path
+
+
 @pytest.mark.ros
 def test_node_runs_an_ensemble(tiny_ensemble):
     """The inference node loads an ensemble manifest and publishes its depth (loopback DDS)."""

@@ -48,8 +48,11 @@ def test_variants_change_the_optics_but_not_the_lens_the_node_is_told():
     # more true blur than told: softer frames; less: sharper
     assert _sharpness(stacks['blur_x1.25'].frames) < _sharpness(stacks['reference'].frames) \
         < _sharpness(stacks['blur_x0.8'].frames)
-    for v in ('gaussian_psf', 'disk_otf', 'srgb_blur', 'gather', 'exposure'):
+    for v in ('gaussian_psf', 'disk_otf', 'srgb_blur', 'gather', 'exposure', 'soft_scene'):
         assert not np.array_equal(stacks[v].frames, stacks['reference'].frames), v
+    # a soft scene: the band-limited render of a softer image, every frame softer
+    soft, otf = stacks['soft_scene'].frames, stacks['disk_otf'].frames
+    assert all(_sharpness(a[None]) < 0.9 * _sharpness(b[None]) for a, b in zip(soft, otf))
     # exposure: each frame's mean brightness moves by its own gain, the blur stays
     ratio = stacks['exposure'].frames.mean((1, 2, 3)) / stacks['reference'].frames.mean((1, 2, 3))
     assert np.all(np.abs(ratio - 1) < 0.05) and np.ptp(ratio) > 0.005

@@ -368,6 +368,24 @@ def test_band_limited_share_draws_the_otf_disk_and_leaves_other_configs_unchange
     assert not np.array_equal(otf['frames'], exact['frames'])
 
 
+@needs_textures
+def test_a_soft_scene_blurs_every_frame_alike_and_leaves_other_configs_unchanged():
+    from training.stack_data import StackDataConfig, make_sample
+
+    def sharpness(frames):
+        return float(np.abs(np.diff(frames.astype(np.float32), axis=-1)).mean())
+    base = StackDataConfig(family='ddfs', size=32, frames=3, num_hypotheses=8, sources={'procedural': 1.0},
+                           noise_prob=0.0, aperture_pair_prob=0.0, unsorted_prob=0.0)
+    exact = make_sample(base, 'train', 0, 1)
+    again = make_sample(StackDataConfig(**{**base.__dict__, 'scene_blur_prob': 0.0}), 'train', 0, 1)
+    np.testing.assert_array_equal(exact['frames'], again['frames'])     # the default draws nothing more
+    soft = make_sample(StackDataConfig(**{**base.__dict__, 'scene_blur_prob': 1.0, 'scene_blur_px': (1.2, 1.2)}),
+                       'train', 0, 1)
+    assert exact['meta']['scene_blur_px'] == 0.0 and soft['meta']['scene_blur_px'] == 1.2
+    np.testing.assert_array_equal(soft['gt'], exact['gt'])
+    assert all(sharpness(a) < sharpness(b) for a, b in zip(soft['frames'], exact['frames']))
+
+
 needs_real_dfd = pytest.mark.skipif(not (data_splits.SHARED_DATA / 'real_dfd_indoor_train' / 'pairs.csv').is_file(),
                                     reason='../shared/data/real_dfd_indoor_train is absent (see ../shared/data/README.md)')
 

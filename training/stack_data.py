@@ -118,6 +118,13 @@ class StackDataConfig:
     # frames stay exact while the network cannot key on one camera's metric values.
     real_pair_prob: float = 0.0
     real_pair_scale: tuple = (0.35, 0.8)
+    # Share of stacks whose scene is soft before any defocus: the all-in-focus image blurred
+    # by a Gaussian of sigma U(scene_blur_px) px (a magnified or smooth texture, a lens's own
+    # MTF, demosaicing). Every frame shares that blur, so only the differences between frames
+    # tell the depth (session 12: at sigma 0.7 / 1.4 px `ddfs_s`'s procedural validation
+    # AbsRel rose 0.054 -> 0.078 / 0.144: it reads a frame's absolute sharpness).
+    scene_blur_prob: float = 0.0
+    scene_blur_px: tuple = (0.3, 1.5)
     real_pair_world_scale: tuple = (0.5, 2.0)
 
     @classmethod
@@ -310,6 +317,11 @@ def make_sample(cfg: StackDataConfig, split: str, seed: int, index: int) -> dict
     if cfg.family != 'dfv' and cfg.real_pair_prob > 0 and rng.random() < cfg.real_pair_prob:
         return real_pair_sample(cfg, split, rng)
     rgb, depth, src = draw_scene(cfg, split, rng)
+    scene_blur = 0.0
+    if cfg.scene_blur_prob > 0 and rng.random() < cfg.scene_blur_prob:    # no draw when off: old shards stay
+        import cv2
+        scene_blur = float(rng.uniform(*cfg.scene_blur_px))
+        rgb = np.clip(cv2.GaussianBlur(rgb, (0, 0), scene_blur, borderType=cv2.BORDER_REFLECT), 0.0, 1.0)
     cam = draw_camera(cfg, depth, rng)
     focus, fnums, lens = cam['focus_m'], cam['f_numbers'], cam['lens']
     noise = None
@@ -330,7 +342,8 @@ def make_sample(cfg: StackDataConfig, split: str, seed: int, index: int) -> dict
            'lens': np.array([lens.focal_length_m, lens.pixel_pitch_m], np.float64),
            'gt': depth.astype(np.float32), 'ref': reference_index(focus, fnums, 'farthest'),
            'meta': {'source': src, 'schedule': cam['schedule'], 'F': int(len(focus)),
-                    'max_blur_px': cam['max_blur_px'], 'psf': psf, 'blur_scale': scale}}
+                    'max_blur_px': cam['max_blur_px'], 'psf': psf, 'blur_scale': scale,
+                    'scene_blur_px': scene_blur}}
     if cfg.family != 'dfv':
         hyps = hypotheses_from_focus_span(focus, cfg.num_hypotheses)
         cost = _cost_volume(cfg.max_coc_px)(chw, focus, fnums, lens.focal_length_m, lens.pixel_pitch_m, hyps)

@@ -54,7 +54,11 @@ VARIANTS = {
     'blur_x1.25': 'true blur 1.25x what the lens parameters say',
     'blur_x0.8': 'true blur 0.8x what the lens parameters say',
     'exposure': 'each frame exposed with its own gain (0.95-1.05x, linear light)',
+    'soft_scene': 'disk_otf on a scene soft in itself (all-in-focus image Gaussian-blurred, sigma 1 px)',
 }
+#: Gaussian sigma (px) of the ``soft_scene`` variant: the blur every frame shares (a lens's MTF,
+#: demosaicing, a magnified or smooth texture) that defocus adds to.
+SOFT_SCENE_SIGMA_PX = 1.0
 #: Range of the per-frame exposure gain of the ``exposure`` variant (log-uniform).
 EXPOSURE_GAIN = (0.95, 1.05)
 #: Scene sources -> the camera preset of ``ddfs-bag make`` they are rendered with.
@@ -117,10 +121,15 @@ def render_variant(variant: str, rgb: np.ndarray, depth_m: np.ndarray, focus_m: 
         gain = np.exp(np.random.default_rng(int(seed)).uniform(*np.log(EXPOSURE_GAIN), size=(len(clean), 1, 1, 1)))
         frames = _expose(lin * torch.as_tensor(gain, dtype=lin.dtype), noise, seed)
     else:
+        if variant == 'soft_scene':
+            import cv2
+            rgb = np.clip(cv2.GaussianBlur(np.ascontiguousarray(rgb, dtype=np.float32), (0, 0), SOFT_SCENE_SIGMA_PX,
+                                           borderType=cv2.BORDER_REFLECT), 0.0, 1.0)
         scale = float(variant[len('blur_x'):]) if variant.startswith('blur_x') else 1.0
         frames = render_focal_stack(rgb, depth_m, focus_m, lens.with_blur_scale(scale), noise=noise, quantize_bits=8,
                                     rng=int(seed),
-                                    psf={'gaussian_psf': 'gaussian', 'disk_otf': 'disk_otf'}.get(variant, 'disk'),
+                                    psf={'gaussian_psf': 'gaussian', 'disk_otf': 'disk_otf',
+                                         'soft_scene': 'disk_otf'}.get(variant, 'disk'),
                                     linear_light=variant != 'srgb_blur')
     return FocalStack(frames=np.asarray(frames, dtype=np.float32), focus_m=np.asarray(focus_m, dtype=np.float64),
                       lens=lens)
