@@ -330,19 +330,36 @@ def test_sweeps_can_end_inside_the_scene_and_val_parts_are_listed():
     assert validation_parts(data) == [0, 2]
 
 
+def _frame_sharpness(frames) -> float:
+    return float(np.abs(np.diff(frames.astype(np.float32), axis=-1)).mean())
+
+
+def _small_sample_config():
+    from training.stack_data import StackDataConfig
+    return StackDataConfig(family='ddfs', size=32, frames=3, num_hypotheses=8, sources={'procedural': 1.0},
+                           noise_prob=0.0, aperture_pair_prob=0.0, unsorted_prob=0.0)
+
+
+def _sample_with(base, index: int = 1, **changes) -> dict:
+    """``make_sample`` of ``base`` with some fields changed (split train, seed 0)."""
+    from training.stack_data import StackDataConfig, make_sample
+    return make_sample(StackDataConfig(**{**base.__dict__, **changes}), 'train', 0, index)
+
+
+def _sample_unchanged_by(base, **off) -> dict:
+    """The sample of ``base``, checked to be the same when ``off`` (an option at its default) is set:
+    an option left off draws no random number, so existing shards stay as they are."""
+    exact = _sample_with(base)
+    np.testing.assert_array_equal(exact['frames'], _sample_with(base, **off)['frames'])
+    return exact
+
+
 @needs_textures
 def test_a_miscalibrated_blur_renders_other_frames_under_the_nominal_lens():
-    from training.stack_data import StackDataConfig, make_sample
-
-    def sharpness(frames):
-        return float(np.abs(np.diff(frames.astype(np.float32), axis=-1)).mean())
-    base = StackDataConfig(family='ddfs', size=32, frames=3, num_hypotheses=8, sources={'procedural': 1.0},
-                           noise_prob=0.0, aperture_pair_prob=0.0, unsorted_prob=0.0)
-    exact = make_sample(base, 'train', 0, 1)
-    again = make_sample(StackDataConfig(**{**base.__dict__, 'blur_scale': (1.0, 1.0)}), 'train', 0, 1)
-    np.testing.assert_array_equal(exact['frames'], again['frames'])     # the default draws nothing more
-    blurrier = make_sample(StackDataConfig(**{**base.__dict__, 'blur_scale': (1.6, 1.6)}), 'train', 0, 1)
-    sharper = make_sample(StackDataConfig(**{**base.__dict__, 'blur_scale': (0.6, 0.6)}), 'train', 0, 1)
+    base = _small_sample_config()
+    exact = _sample_unchanged_by(base, blur_scale=(1.0, 1.0))
+    blurrier = _sample_with(base, blur_scale=(1.6, 1.6))
+    sharper = _sample_with(base, blur_scale=(0.6, 0.6))
     for s in (blurrier, sharper):
         # same scene and nominal lens; the cost volume is built from that lens and these frames
         np.testing.assert_array_equal(s['gt'], exact['gt'])
@@ -350,19 +367,14 @@ def test_a_miscalibrated_blur_renders_other_frames_under_the_nominal_lens():
         np.testing.assert_array_equal(s['focus'], exact['focus'])
         assert not np.array_equal(s['cost'], exact['cost'])
     assert blurrier['meta']['blur_scale'] == 1.6 and exact['meta']['blur_scale'] == 1.0
-    assert sharpness(blurrier['frames']) < sharpness(exact['frames']) < sharpness(sharper['frames'])
+    assert _frame_sharpness(blurrier['frames']) < _frame_sharpness(exact['frames']) < _frame_sharpness(sharper['frames'])
 
 
 @needs_textures
 def test_band_limited_share_draws_the_otf_disk_and_leaves_other_configs_unchanged():
-    from training.stack_data import StackDataConfig, make_sample
-
-    base = StackDataConfig(family='ddfs', size=32, frames=3, num_hypotheses=8, sources={'procedural': 1.0},
-                           noise_prob=0.0, aperture_pair_prob=0.0, unsorted_prob=0.0)
-    exact = make_sample(base, 'train', 0, 1)
-    again = make_sample(StackDataConfig(**{**base.__dict__, 'psf_otf_prob': 0.0}), 'train', 0, 1)
-    np.testing.assert_array_equal(exact['frames'], again['frames'])     # the default draws nothing more
-    otf = make_sample(StackDataConfig(**{**base.__dict__, 'psf_otf_prob': 1.0}), 'train', 0, 1)
+    base = _small_sample_config()
+    exact = _sample_unchanged_by(base, psf_otf_prob=0.0)
+    otf = _sample_with(base, psf_otf_prob=1.0)
     assert exact['meta']['psf'] == 'disk' and otf['meta']['psf'] == 'disk_otf'
     np.testing.assert_array_equal(otf['gt'], exact['gt'])
     assert not np.array_equal(otf['frames'], exact['frames'])
@@ -370,20 +382,12 @@ def test_band_limited_share_draws_the_otf_disk_and_leaves_other_configs_unchange
 
 @needs_textures
 def test_a_soft_scene_blurs_every_frame_alike_and_leaves_other_configs_unchanged():
-    from training.stack_data import StackDataConfig, make_sample
-
-    def sharpness(frames):
-        return float(np.abs(np.diff(frames.astype(np.float32), axis=-1)).mean())
-    base = StackDataConfig(family='ddfs', size=32, frames=3, num_hypotheses=8, sources={'procedural': 1.0},
-                           noise_prob=0.0, aperture_pair_prob=0.0, unsorted_prob=0.0)
-    exact = make_sample(base, 'train', 0, 1)
-    again = make_sample(StackDataConfig(**{**base.__dict__, 'scene_blur_prob': 0.0}), 'train', 0, 1)
-    np.testing.assert_array_equal(exact['frames'], again['frames'])     # the default draws nothing more
-    soft = make_sample(StackDataConfig(**{**base.__dict__, 'scene_blur_prob': 1.0, 'scene_blur_px': (1.2, 1.2)}),
-                       'train', 0, 1)
+    base = _small_sample_config()
+    exact = _sample_unchanged_by(base, scene_blur_prob=0.0)
+    soft = _sample_with(base, scene_blur_prob=1.0, scene_blur_px=(1.2, 1.2))
     assert exact['meta']['scene_blur_px'] == 0.0 and soft['meta']['scene_blur_px'] == 1.2
     np.testing.assert_array_equal(soft['gt'], exact['gt'])
-    assert all(sharpness(a) < sharpness(b) for a, b in zip(soft['frames'], exact['frames']))
+    assert all(_frame_sharpness(a) < _frame_sharpness(b) for a, b in zip(soft['frames'], exact['frames']))
 
 
 needs_real_dfd = pytest.mark.skipif(not (data_splits.SHARED_DATA / 'real_dfd_indoor_train' / 'pairs.csv').is_file(),
