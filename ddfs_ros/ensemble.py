@@ -30,10 +30,9 @@ and all runs are combined as one.  A coarser view sees more of the scene per net
 receptive field (weakly textured regions get a depth from further away), a finer one the
 edges and small blur; the inverse-variance combination lets each pixel take the view that
 is sure of it.  A view at scale s costs about s^2 of a full run.  Measured (session 12,
-training/README.md): it helps on scenes soft in themselves (a blur every frame shares
-weakens the cue at the finest scale) and hurts where the finest scale holds the cue (the
-crisp ``motorcycle_sweep``), and the members' uncertainties do not tell the two apart, so
-no shipped engine uses it.
+training/README.md): it helps on every validation source (most on scenes soft in
+themselves) and hurts on ``motorcycle_sweep`` (on its textured pixels), and the members'
+uncertainties do not tell the two apart, so no shipped engine uses it.
 
 Why dioptres: every member outputs the expectation of a distribution over hypotheses
 spaced in dioptres, and its uncertainty (m) is that distribution's spread, so the

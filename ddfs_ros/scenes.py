@@ -236,16 +236,25 @@ def split_texture_images(split: str) -> tuple:
     return tuple(out)
 
 
-def split_photo_texture(split: str) -> Callable[[np.random.Generator, int], np.ndarray]:
+def split_photo_texture(split: str, crisp: bool = False) -> Callable[[np.random.Generator, int], np.ndarray]:
     """``texture(rng, size)`` drawing random crops (30-100 % of the shorter side, a random
-    quarter turn) of this split's photographs: size x size x 3 float32 in [0, 1]."""
+    quarter turn) of this split's photographs: size x size x 3 float32 in [0, 1].
+
+    A crop smaller than ``size`` is magnified, i.e. soft in itself.  ``crisp``: only crops of
+    at least ``size`` px from photographs whose shorter side allows it, so a texture is
+    never magnified (as sharp as the photograph or sharper).
+    """
     images = split_texture_images(split)
     if not images:
         raise FileNotFoundError('no texture photographs found under ../shared/data/textures')
 
     def texture(rng: np.random.Generator, size: int) -> np.ndarray:
-        src = images[int(rng.integers(len(images)))]
-        return _resize_square(_turned_crop(rng, src, 0.3), size).astype(np.float32) / 255.0
+        pool = [im for im in images if min(im.shape[:2]) >= size] if crisp else images
+        if not pool:
+            raise ValueError(f'no texture photograph of the split is {size} px on its shorter side')
+        src = pool[int(rng.integers(len(pool)))]
+        least = max(0.3, size / float(min(src.shape[:2]))) if crisp else 0.3
+        return _resize_square(_turned_crop(rng, src, least), size).astype(np.float32) / 255.0
 
     return texture
 

@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 from .bags import open_bag_info
 from .offline import BASELINES, DEFAULT_HYPOTHESIS_MODE, parse_baselines, parse_hypothesis_mode
 from .report import write_json, write_report
+from .robustness import SOURCES as ROBUSTNESS_SOURCES
 
 LOG = logging.getLogger('ddfs-eval')
 
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                         '(PSF shape, sRGB blur, no occlusions, miscalibrated blur)')
     rb.add_argument('--engine', action='append', default=[], metavar='MANIFEST',
                     help='engine manifest; repeat for one column per engine (the focus measure is always a column)')
-    rb.add_argument('--source', action='append', default=[], choices=('rgbd_7scenes', 'real_dfd', 'procedural'),
+    rb.add_argument('--source', action='append', default=[], choices=sorted(ROBUSTNESS_SOURCES),
                     help='scene source; repeat (default: rgbd_7scenes and real_dfd)')
     rb.add_argument('--split', default='val', choices=('train', 'val', 'test'),
                     help='split of the real sources (default val: not a test figure)')

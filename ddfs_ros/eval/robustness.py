@@ -29,7 +29,9 @@ Scenes come from the real RGB-D splits of :mod:`ddfs_ros.data_splits` (default: 
 validation split, so that nothing here is a test figure) or from procedural scenes
 (``procedural``: the split's texture photographs, the motorcycle camera, scenes 1.5-7.8 m
 deep with a largest blur of 2-5 px: dense texture and full sweeps, the regime of
-``motorcycle_sweep``).
+``motorcycle_sweep``; most of its texture crops are magnified, soft in themselves, while
+``procedural_crisp`` takes crops of at least the render size, never magnified, as crisp as
+the Middlebury photograph of ``motorcycle_sweep``).
 Every pixel with finite, positive ground truth and depth is scored (as in every report);
 AbsRel is averaged per stack.
 """
@@ -62,7 +64,8 @@ SOFT_SCENE_SIGMA_PX = 1.0
 #: Range of the per-frame exposure gain of the ``exposure`` variant (log-uniform).
 EXPOSURE_GAIN = (0.95, 1.05)
 #: Scene sources -> the camera preset of ``ddfs-bag make`` they are rendered with.
-SOURCES = {'rgbd_7scenes': 'rgbd_7scenes', 'real_dfd': 'real_dfd_sweep', 'procedural': 'motorcycle'}
+SOURCES = {'rgbd_7scenes': 'rgbd_7scenes', 'real_dfd': 'real_dfd_sweep', 'procedural': 'motorcycle',
+           'procedural_crisp': 'motorcycle'}
 #: Procedural scenes: nearest depth (m) and far / near, with the motorcycle camera a largest
 #: blur of 2-5 px at 256 px, the regime of ``motorcycle_sweep``.
 PROCEDURAL_NEAR_M = (1.5, 3.0)
@@ -161,20 +164,21 @@ def scenes_of(source: str, split: str, count: int, size: Optional[int] = None, s
             preset['pixel_pitch'] *= k
     cam = CameraConfig.from_dict(preset)
     rng = np.random.default_rng(seed)
-    for sc in (_procedural(cam, split, count, rng) if source == 'procedural'
-               else iter_scenes(source, cam, count, seed=seed, split=split)):
+    for sc in (_procedural(cam, split, count, rng, crisp=source == 'procedural_crisp')
+               if source.startswith('procedural') else iter_scenes(source, cam, count, seed=seed, split=split)):
         gt, render_depth = depths_of(sc)
         yield sc.rgb, gt, render_depth, LensModel(cam.focal_length, cam.f_number, sc.pitch), \
             cam.schedule(gt, rng), cam.noise_model()
 
 
-def _procedural(cam, split: str, count: int, rng: np.random.Generator):
+def _procedural(cam, split: str, count: int, rng: np.random.Generator, crisp: bool = False):
     """Procedural scenes textured with the split's photographs (the built-in pictures when
-    ``../shared/data/textures`` is absent), fitted to the camera."""
+    ``../shared/data/textures`` is absent), fitted to the camera; ``crisp``: textures never
+    magnified (:func:`~ddfs_ros.scenes.split_photo_texture`)."""
     from .. import data_splits
     from ..scenes import procedural_scene, split_photo_texture
     from .bag_cli import fit_to_camera
-    texture = split_photo_texture(split) if data_splits.texture_paths(split) else None
+    texture = split_photo_texture(split, crisp) if data_splits.texture_paths(split) else None
     for _ in range(count):
         near = float(rng.uniform(*PROCEDURAL_NEAR_M))
         far = near * float(rng.uniform(*PROCEDURAL_RATIO))
