@@ -363,6 +363,16 @@ def _mirror_index(n: int, before: int, after: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- render
+def soften_scene(rgb: np.ndarray, sigma_px: float) -> np.ndarray:
+    """The all-in-focus image of a scene soft in itself: H x W x C in [0, 1] blurred by a Gaussian
+    of ``sigma_px`` (px, reflected borders) before any defocus, a blur every frame then shares
+    (a lens's MTF, demosaicing, a magnified or smooth texture).  float32."""
+    import cv2
+    blurred = cv2.GaussianBlur(np.ascontiguousarray(rgb, dtype=np.float32), (0, 0), float(sigma_px),
+                               borderType=cv2.BORDER_REFLECT)
+    return np.clip(blurred, 0.0, 1.0)
+
+
 def render_focal_stack(rgb: np.ndarray, depth_m: np.ndarray, focus_m: Sequence[float], lens: LensModel,
                        f_numbers: Optional[Sequence[float]] = None, *,
                        noise: Optional[SensorNoise] = None, quantize_bits: Optional[int] = None,

@@ -248,8 +248,12 @@ def split_photo_texture(split: str, crisp: bool = False) -> Callable[[np.random.
     if not images:
         raise FileNotFoundError('no texture photographs found under ../shared/data/textures')
 
+    pools: dict = {}     # size -> the photographs a crisp crop of that size fits in
+
     def texture(rng: np.random.Generator, size: int) -> np.ndarray:
-        pool = [im for im in images if min(im.shape[:2]) >= size] if crisp else images
+        if crisp and size not in pools:
+            pools[size] = [im for im in images if min(im.shape[:2]) >= size]
+        pool = pools[size] if crisp else images
         if not pool:
             raise ValueError(f'no texture photograph of the split is {size} px on its shorter side')
         src = pool[int(rng.integers(len(pool)))]

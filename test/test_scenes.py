@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from ddfs_ros import data_splits
 from ddfs_ros.scenes import (REAL_DFD_DEFAULT_ROOT, Scene, fill_depth_holes, fronto_parallel_plane, load_rgbd,
                              motorcycle_scene, paint_nearest, procedural_scene, real_dfd_scenes, resolve_data_dir,
                              two_plane_scene)
@@ -146,7 +147,7 @@ def test_real_dfd_scenes_pair_through_pairs_csv():
     np.testing.assert_array_equal(wide.depth_m, scenes[0].depth_m)
 
 
-@pytest.mark.skipif(not __import__('ddfs_ros.data_splits', fromlist=['x']).texture_paths('val'),
+@pytest.mark.skipif(not data_splits.texture_paths('val'),
                     reason='../shared/data/textures is absent (see ../shared/data/README.md)')
 def test_crisp_photo_textures_are_never_magnified_and_so_sharper():
     """``crisp`` crops at least the texture size from the photograph: on average sharper than the

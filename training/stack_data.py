@@ -120,9 +120,9 @@ class StackDataConfig:
     real_pair_scale: tuple = (0.35, 0.8)
     # Share of stacks whose scene is soft before any defocus: the all-in-focus image blurred
     # by a Gaussian of sigma U(scene_blur_px) px (a magnified or smooth texture, a lens's own
-    # MTF, demosaicing). Every frame shares that blur, so only the differences between frames
-    # tell the depth (session 12: at sigma 0.7 / 1.4 px `ddfs_s`'s procedural validation
-    # AbsRel rose 0.054 -> 0.078 / 0.144: it reads a frame's absolute sharpness).
+    # MTF, demosaicing; :func:`ddfs_ros.render.soften_scene`). Every frame shares that blur,
+    # which weakens the defocus cue (session 12: at sigma 0.7 / 1.4 px `ddfs_s`'s procedural
+    # validation AbsRel rose 0.054 -> 0.078 / 0.144; `ddfs-eval robustness --variant soft_scene`).
     scene_blur_prob: float = 0.0
     scene_blur_px: tuple = (0.3, 1.5)
     real_pair_world_scale: tuple = (0.5, 2.0)
@@ -311,7 +311,7 @@ def make_sample(cfg: StackDataConfig, split: str, seed: int, index: int) -> dict
     ``ref`` reference index; cost-volume family also ``cost`` D x S x S float16 and
     ``depths`` D (m).
     """
-    from ddfs_ros.render import SensorNoise, render_focal_stack
+    from ddfs_ros.render import SensorNoise, render_focal_stack, soften_scene
 
     rng = np.random.default_rng([int(seed), SPLIT_IDS[split], int(index)])
     if cfg.family != 'dfv' and cfg.real_pair_prob > 0 and rng.random() < cfg.real_pair_prob:
@@ -319,9 +319,8 @@ def make_sample(cfg: StackDataConfig, split: str, seed: int, index: int) -> dict
     rgb, depth, src = draw_scene(cfg, split, rng)
     scene_blur = 0.0
     if cfg.scene_blur_prob > 0 and rng.random() < cfg.scene_blur_prob:    # no draw when off: old shards stay
-        import cv2
         scene_blur = float(rng.uniform(*cfg.scene_blur_px))
-        rgb = np.clip(cv2.GaussianBlur(rgb, (0, 0), scene_blur, borderType=cv2.BORDER_REFLECT), 0.0, 1.0)
+        rgb = soften_scene(rgb, scene_blur)
     cam = draw_camera(cfg, depth, rng)
     focus, fnums, lens = cam['focus_m'], cam['f_numbers'], cam['lens']
     noise = None

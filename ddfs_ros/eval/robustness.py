@@ -112,7 +112,7 @@ def render_variant(variant: str, rgb: np.ndarray, depth_m: np.ndarray, focus_m: 
     """The 8-bit stack of ``variant`` (see :data:`VARIANTS`), labelled with the nominal ``lens``."""
     import torch
 
-    from ..render import render_focal_stack, srgb_to_linear
+    from ..render import render_focal_stack, soften_scene, srgb_to_linear
     if variant not in VARIANTS:
         raise ValueError(f'variant must be one of {sorted(VARIANTS)}, got {variant!r}')
     if variant == 'gather':
@@ -125,9 +125,7 @@ def render_variant(variant: str, rgb: np.ndarray, depth_m: np.ndarray, focus_m: 
         frames = _expose(lin * torch.as_tensor(gain, dtype=lin.dtype), noise, seed)
     else:
         if variant == 'soft_scene':
-            import cv2
-            rgb = np.clip(cv2.GaussianBlur(np.ascontiguousarray(rgb, dtype=np.float32), (0, 0), SOFT_SCENE_SIGMA_PX,
-                                           borderType=cv2.BORDER_REFLECT), 0.0, 1.0)
+            rgb = soften_scene(rgb, SOFT_SCENE_SIGMA_PX)
         scale = float(variant[len('blur_x'):]) if variant.startswith('blur_x') else 1.0
         frames = render_focal_stack(rgb, depth_m, focus_m, lens.with_blur_scale(scale), noise=noise, quantize_bits=8,
                                     rng=int(seed),
