@@ -6,8 +6,8 @@ filled).  Sources:
 
 - :func:`motorcycle_scene`: scikit-image's Middlebury 2014 *Motorcycle* (real image,
   real stereo disparity turned into metric depth; about 2.2-4.5 m).
-- :func:`procedural_scene`: textured slanted planes and textured shapes in front of a
-  background plane, occlusion-correct (z-buffered) depth; textures from
+- :func:`procedural_scene`: textured slanted planes and textured shapes (and, on request,
+  thin structures) in front of a background plane, occlusion-correct (z-buffered) depth; textures from
   scikit-image's real photographs and from coloured 1/f noise.  Deterministic given
   the seed.
 - :func:`load_rgbd`: a user's RGB image + depth image (uint16 millimetres by default).
@@ -324,6 +324,43 @@ def _shape_mask(rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarray], k
     return rho <= np.interp(phi, ang, rad)
 
 
+#: Thin structures (:func:`thin_structure_mask`): stroke width in pixels of the render size
+#: (poles, cables, spokes, chair legs: a few pixels wide, many depth edges per area).
+THIN_WIDTH_PX = (1.0, 6.0)
+
+
+def thin_structure_mask(rng: np.random.Generator, grid: tuple[np.ndarray, np.ndarray], size: int) -> np.ndarray:
+    """A random thin structure on the [-1, 1]^2 grid of a ``size`` px image.
+
+    One of: a long bar (a pole, a cable), an arc of a ring (a wheel rim, a hose), or a rail
+    of 3-8 parallel bars (a railing, a grille, spokes).  Strokes are
+    :data:`THIN_WIDTH_PX` px wide, so a defocus of a few pixels mixes them with what is
+    behind: the fine geometry that large blobs and planes lack.
+    """
+    yy, xx = grid
+    px = 2.0 / size                                    # one pixel in grid units
+    half = 0.5 * float(rng.uniform(*THIN_WIDTH_PX)) * px
+    cy, cx = rng.uniform(-0.8, 0.8, 2)
+    theta = rng.uniform(0, np.pi)
+    u = (xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)
+    v = -(xx - cx) * np.sin(theta) + (yy - cy) * np.cos(theta)
+    kind = rng.choice(['bar', 'arc', 'rail'])
+    if kind == 'bar':
+        length = rng.uniform(0.3, 1.5)
+        return (np.abs(v) <= half) & (np.abs(u) <= length)
+    if kind == 'arc':
+        radius = max(rng.uniform(0.15, 0.8), 2 * half + px)    # a ring, not a disc, at any size
+        extent = rng.uniform(0.5, 2.0) * np.pi
+        on_ring = np.abs(np.hypot(u, v) - radius) <= half
+        return on_ring & (np.arctan2(v, u) % (2 * np.pi) <= extent)
+    k = int(rng.integers(3, 9))
+    gap = (4 * half + 2 * px) * rng.uniform(1.0, 3.0)   # centre to centre: >= 1 stroke + 2 px apart, any size
+    length = rng.uniform(0.3, 1.2)
+    offsets = (np.arange(k) - (k - 1) / 2.0) * gap
+    near_bar = np.min(np.abs(v[..., None] - offsets), axis=-1) <= half
+    return near_bar & (np.abs(u) <= length)
+
+
 def paint_nearest(rgb: np.ndarray, depth: np.ndarray, texture: np.ndarray, obj_depth: np.ndarray,
                   mask: np.ndarray) -> np.ndarray:
     """Z-buffer one surface into (rgb, depth) in place: it shows only where it is nearer.
@@ -338,7 +375,8 @@ def paint_nearest(rgb: np.ndarray, depth: np.ndarray, texture: np.ndarray, obj_d
 
 def procedural_scene(rng, size: int = 128, depth_range: tuple[float, float] = (0.3, 3.0),
                      n_planes: Optional[int] = None, n_shapes: Optional[int] = None,
-                     texture: Optional[Callable[[np.random.Generator, int], np.ndarray]] = None) -> Scene:
+                     texture: Optional[Callable[[np.random.Generator, int], np.ndarray]] = None,
+                     n_thin: int = 0) -> Scene:
     """A random textured scene: a slanted background plane, slanted planes, shapes in front.
 
     Args:
@@ -350,6 +388,9 @@ def procedural_scene(rng, size: int = 128, depth_range: tuple[float, float] = (0
         texture: ``texture(rng, size) -> size x size x 3`` float in [0, 1] for every
             surface (default :func:`random_texture`, the scikit-image pictures; training
             passes photographs of its own split).
+        n_thin: thin structures (:func:`thin_structure_mask`) drawn after the shapes,
+            each at its own depth; 0 (default) draws nothing more from ``rng``, so the
+            scenes of a seed are those of earlier versions.
 
     Depth is z-buffered (each pixel shows the nearest surface) and objects are placed
     uniformly in inverse depth, so near objects, where defocus changes fastest, are
@@ -383,8 +424,13 @@ def procedural_scene(rng, size: int = 128, depth_range: tuple[float, float] = (0
             mask = _shape_mask(rng, grid, str(shape))
             obj_depth = _plane_depth(rng, grid, random_depth(near, far), 0.15)
         paint_nearest(rgb, depth, texture(rng, size), np.clip(obj_depth, near, far), mask)
+    for _ in range(int(n_thin)):
+        obj_depth = _plane_depth(rng, grid, random_depth(near, far), 0.3)
+        paint_nearest(rgb, depth, texture(rng, size), np.clip(obj_depth, near, far),
+                      thin_structure_mask(rng, grid, size))
     return Scene(rgb=rgb, depth_m=depth.astype(np.float32), name=f'procedural_{size}',
-                 meta={'depth_range': (near, far), 'n_planes': n_planes, 'n_shapes': n_shapes})
+                 meta={'depth_range': (near, far), 'n_planes': n_planes, 'n_shapes': n_shapes,
+                       'n_thin': int(n_thin)})
 
 
 def fronto_parallel_plane(size: int, depth_m: float, texture: str = 'astronaut',

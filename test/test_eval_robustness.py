@@ -80,3 +80,12 @@ def test_robustness_command_on_procedural_scenes(cost_argmin_engines, capsys):
         cells = [c.strip().split()[0] for c in line.strip('|').split('|')[1:]]
         assert all(np.isfinite(float(c)) for c in cells)
     assert cli.main(['robustness', '--variant', 'nope']) == 2
+
+
+def test_thin_procedural_source_adds_fine_geometry_to_the_crisp_scenes():
+    from ddfs_ros.eval.robustness import scenes_of
+    edges = lambda d: int((np.abs(np.diff(d, axis=1)) > 0.02 * d[:, 1:]).sum())
+    crisp = list(scenes_of('procedural_crisp', 'val', 3, size=96))
+    thin = list(scenes_of('procedural_thin', 'val', 3, size=96))
+    assert len(thin) == 3
+    assert sum(edges(t[1]) for t in thin) > sum(edges(c[1]) for c in crisp)

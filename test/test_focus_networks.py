@@ -390,6 +390,29 @@ def test_a_soft_scene_blurs_every_frame_alike_and_leaves_other_configs_unchanged
     assert all(_frame_sharpness(a) < _frame_sharpness(b) for a, b in zip(soft['frames'], exact['frames']))
 
 
+@needs_textures
+def test_thin_structures_change_the_scene_only_when_asked():
+    base = _small_sample_config()
+    exact = _sample_unchanged_by(base, thin_prob=0.0)
+    assert not np.array_equal(_sample_with(base, thin_prob=1.0)['gt'], exact['gt'])
+    # (the draw of the share moves every later draw: other scenes, with more depth edges)
+    edges = lambda gt: int((np.abs(np.diff(gt, axis=-1)) > 0.05 * gt[..., 1:]).sum())
+    plain = sum(edges(_sample_with(base, i)['gt']) for i in range(6))
+    assert sum(edges(_sample_with(base, i, thin_prob=1.0, thin_count=(6, 6))['gt']) for i in range(6)) > 1.3 * plain
+
+
+def test_a_restarted_schedule_warms_up_and_anneals_from_its_start():
+    from training.train_focus import lr_at
+    assert lr_at(0, 1.0, 100_000, 4000) == pytest.approx(0.1)
+    assert lr_at(50_000, 1.0, 100_000, 4000) == lr_at(50_000, 1.0, 100_000, 4000, start=0)
+    # restarted at 1.0M: the same curve shifted there
+    for k in (0, 1000, 4000, 20_000, 40_000):
+        assert lr_at(1_000_000 + k, 1.0, 1_040_000, 4000, start=1_000_000) == pytest.approx(lr_at(k, 1.0, 40_000, 4000))
+    assert lr_at(1_040_000, 1.0, 1_040_000, 4000, start=1_000_000) == pytest.approx(0.05)
+    assert lr_at(1_002_000, 1.0, 1_040_000, 4000, start=1_000_000) < lr_at(1_004_000, 1.0, 1_040_000, 4000,
+                                                                           start=1_000_000) == pytest.approx(1.0)
+
+
 needs_real_dfd = pytest.mark.skipif(not (data_splits.SHARED_DATA / 'real_dfd_indoor_train' / 'pairs.csv').is_file(),
                                     reason='../shared/data/real_dfd_indoor_train is absent (see ../shared/data/README.md)')
 

@@ -10,7 +10,7 @@ import pytest
 from ddfs_ros import data_splits
 from ddfs_ros.scenes import (REAL_DFD_DEFAULT_ROOT, Scene, fill_depth_holes, fronto_parallel_plane, load_rgbd,
                              motorcycle_scene, paint_nearest, procedural_scene, real_dfd_scenes, resolve_data_dir,
-                             two_plane_scene)
+                             thin_structure_mask, two_plane_scene)
 
 
 def _check_scene(scene: Scene, size: int) -> None:
@@ -56,6 +56,33 @@ def test_procedural_scenes_are_textured_layered_and_in_range(seed):
     grey = scene.rgb.mean(-1)
     local = cv2.blur(np.abs(grey - cv2.blur(grey, (5, 5))), (9, 9))
     assert np.median(local) > 0.005
+
+
+@pytest.mark.parametrize('size', [32, 96, 256])
+def test_thin_structures_are_a_few_pixels_wide(size):
+    lin = (np.arange(size) + 0.5) / size * 2.0 - 1.0
+    grid = np.meshgrid(lin, lin, indexing='ij')
+    for seed in range(12):
+        mask = thin_structure_mask(np.random.default_rng(seed), grid, size).astype(np.uint8)
+        if mask.sum() == 0:        # placed off the image
+            continue
+        # nothing survives an erosion by a square wider than the widest stroke (6 px)
+        assert not cv2.erode(mask, np.ones((8, 8), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0).any()
+
+
+def test_thin_structures_add_depth_edges_and_none_changes_no_scene():
+    plain = procedural_scene(5, 96, (0.5, 2.0))
+    np.testing.assert_array_equal(plain.depth_m, procedural_scene(5, 96, (0.5, 2.0), n_thin=0).depth_m)
+    thin = procedural_scene(5, 96, (0.5, 2.0), n_thin=8)
+    _check_scene(thin, 96)
+    assert thin.meta['n_thin'] == 8 and plain.meta['n_thin'] == 0
+    # the same scene underneath, plus narrow strokes in front of parts of it
+    changed = (thin.depth_m != plain.depth_m).astype(np.uint8)
+    assert changed.sum() > 50
+    assert np.all(thin.depth_m[changed.astype(bool)] < plain.depth_m[changed.astype(bool)])
+    assert not cv2.erode(changed, np.ones((8, 8), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0).any()
+    edges = lambda d: (np.abs(np.diff(d, axis=1)) > 0.05).sum()
+    assert edges(thin.depth_m) > edges(plain.depth_m)
 
 
 def test_surfaces_are_z_buffered():

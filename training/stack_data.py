@@ -126,6 +126,12 @@ class StackDataConfig:
     scene_blur_prob: float = 0.0
     scene_blur_px: tuple = (0.3, 1.5)
     real_pair_world_scale: tuple = (0.5, 2.0)
+    # Share of procedural scenes that also hold thin structures (bars, arcs, rails 1-6 px
+    # wide: poles, cables, spokes; :func:`ddfs_ros.scenes.thin_structure_mask`), U(thin_count)
+    # of them: real scenes have fine geometry with many depth edges, our blobs and planes
+    # none (session 13). No extra draw when off: old shards stay.
+    thin_prob: float = 0.0
+    thin_count: tuple = (3, 10)
 
     @classmethod
     def from_dict(cls, d: dict) -> 'StackDataConfig':
@@ -228,7 +234,10 @@ def draw_scene(cfg: StackDataConfig, split: str, rng: np.random.Generator):
     if src == 'procedural':
         near = float(rng.uniform(*cfg.scene_near))
         far = near * float(rng.uniform(*cfg.scene_ratio))
-        sc = procedural_scene(rng, cfg.size, (near, far), texture=split_photo_texture(split))
+        n_thin = 0
+        if cfg.thin_prob > 0 and rng.random() < cfg.thin_prob:
+            n_thin = int(rng.integers(cfg.thin_count[0], cfg.thin_count[1] + 1))
+        sc = procedural_scene(rng, cfg.size, (near, far), texture=split_photo_texture(split), n_thin=n_thin)
         rgb, depth = np.asarray(sc.rgb, np.float32), np.asarray(sc.depth_m, np.float32)
     else:
         scenes = _real_scenes(src, split)

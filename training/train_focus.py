@@ -14,7 +14,7 @@ the network can output (the hypotheses for the cost-volume family, the focus ran
 DFV), over valid pixels: scene scale does not weigh in, near errors count like far ones.
 Learning rate: AdamW, linear warm-up then cosine from ``lr`` to 5 % of it over
 ``samples_target`` samples (then flat), so that a run split over sessions follows one
-schedule.  Validation: the whole validation split at full size, every ``val_every``
+schedule; ``schedule_start`` (samples) restarts it there, for a fine-tune.  Validation: the whole validation split at full size, every ``val_every``
 samples, with the classical focus measure scored once on the same stacks as the bar
 to beat.  Checkpoints are chosen on validation only.
 """
@@ -74,7 +74,11 @@ def relative_l1(depth: torch.Tensor, gt: torch.Tensor, lo: torch.Tensor, hi: tor
     return err[valid].mean()
 
 
-def lr_at(samples: int, base: float, target: int, warmup: int) -> float:
+def lr_at(samples: int, base: float, target: int, warmup: int, start: int = 0) -> float:
+    """Learning rate at ``samples``: warm-up then cosine to 5 % of ``base`` at ``target``;
+    ``start`` > 0 restarts that schedule there (a fine-tune of trained weights on new data
+    with its own warm-up and anneal)."""
+    samples, target = samples - start, target - start
     if samples < warmup:
         return base * (0.1 + 0.9 * samples / warmup)
     t = min(1.0, (samples - warmup) / max(1, target - warmup))
@@ -289,6 +293,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     batch, crop = int(t['batch']), int(t['crop'])
     target, warmup = int(t['samples_target']), int(t.get('warmup', 4000))
+    schedule_start = int(t.get('schedule_start', 0))
     val_every = int(t['val_every'])
     stop_at = time.time() + a.hours * 3600 if a.hours else None
     t_start = time.time()
@@ -304,8 +309,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                             drop_last=True, persistent_workers=False)
         say(f'pass over {data.num_shards} shards ({len(data)} stacks)')
         for b in loader:
-            lr = lr_at(samples, float(t['lr']), target, warmup)
-            if rewarm_from is not None and samples - rewarm_from < warmup:
+            lr = lr_at(samples, float(t['lr']), target, warmup, schedule_start)
+            # (a restarted schedule has its own warm-up)
+            if rewarm_from is not None and rewarm_from > schedule_start and samples - rewarm_from < warmup:
                 lr *= 0.1 + 0.9 * (samples - rewarm_from) / warmup
             for g in opt.param_groups:
                 g['lr'] = lr * g.get('lr_scale', 1.0)

@@ -31,7 +31,9 @@ validation split, so that nothing here is a test figure) or from procedural scen
 deep with a largest blur of 2-5 px: dense texture and full sweeps, the regime of
 ``motorcycle_sweep``; most of its texture crops are magnified, soft in themselves, while
 ``procedural_crisp`` takes crops of at least the render size, never magnified, as crisp as
-the Middlebury photograph of ``motorcycle_sweep``).
+the Middlebury photograph of ``motorcycle_sweep``, and ``procedural_thin`` adds 4-10 thin
+structures (bars, arcs, rails a few pixels wide) to those crisp scenes: fine geometry with
+many depth edges, like the motorcycle's spokes, cables and frame).
 Every pixel with finite, positive ground truth and depth is scored (as in every report);
 AbsRel is averaged per stack.
 """
@@ -65,7 +67,9 @@ SOFT_SCENE_SIGMA_PX = 1.0
 EXPOSURE_GAIN = (0.95, 1.05)
 #: Scene sources -> the camera preset of ``ddfs-bag make`` they are rendered with.
 SOURCES = {'rgbd_7scenes': 'rgbd_7scenes', 'real_dfd': 'real_dfd_sweep', 'procedural': 'motorcycle',
-           'procedural_crisp': 'motorcycle'}
+           'procedural_crisp': 'motorcycle', 'procedural_thin': 'motorcycle'}
+#: Thin structures per ``procedural_thin`` scene (:func:`~ddfs_ros.scenes.thin_structure_mask`).
+PROCEDURAL_THIN_COUNT = (4, 10)
 #: Procedural scenes: nearest depth (m) and far / near, with the motorcycle camera a largest
 #: blur of 2-5 px at 256 px, the regime of ``motorcycle_sweep``.
 PROCEDURAL_NEAR_M = (1.5, 3.0)
@@ -162,17 +166,20 @@ def scenes_of(source: str, split: str, count: int, size: Optional[int] = None, s
             preset['pixel_pitch'] *= k
     cam = CameraConfig.from_dict(preset)
     rng = np.random.default_rng(seed)
-    for sc in (_procedural(cam, split, count, rng, crisp=source == 'procedural_crisp')
+    for sc in (_procedural(cam, split, count, rng, crisp=source != 'procedural',
+                           thin=source == 'procedural_thin')
                if source.startswith('procedural') else iter_scenes(source, cam, count, seed=seed, split=split)):
         gt, render_depth = depths_of(sc)
         yield sc.rgb, gt, render_depth, LensModel(cam.focal_length, cam.f_number, sc.pitch), \
             cam.schedule(gt, rng), cam.noise_model()
 
 
-def _procedural(cam, split: str, count: int, rng: np.random.Generator, crisp: bool = False):
+def _procedural(cam, split: str, count: int, rng: np.random.Generator, crisp: bool = False,
+                thin: bool = False):
     """Procedural scenes textured with the split's photographs (the built-in pictures when
     ``../shared/data/textures`` is absent), fitted to the camera; ``crisp``: textures never
-    magnified (:func:`~ddfs_ros.scenes.split_photo_texture`)."""
+    magnified (:func:`~ddfs_ros.scenes.split_photo_texture`); ``thin``: with
+    :data:`PROCEDURAL_THIN_COUNT` thin structures each."""
     from .. import data_splits
     from ..scenes import procedural_scene, split_photo_texture
     from .bag_cli import fit_to_camera
@@ -180,7 +187,8 @@ def _procedural(cam, split: str, count: int, rng: np.random.Generator, crisp: bo
     for _ in range(count):
         near = float(rng.uniform(*PROCEDURAL_NEAR_M))
         far = near * float(rng.uniform(*PROCEDURAL_RATIO))
-        sc = procedural_scene(rng, max(cam.width, cam.height), (near, far), texture=texture)
+        n_thin = int(rng.integers(PROCEDURAL_THIN_COUNT[0], PROCEDURAL_THIN_COUNT[1] + 1)) if thin else 0
+        sc = procedural_scene(rng, max(cam.width, cam.height), (near, far), texture=texture, n_thin=n_thin)
         yield fit_to_camera(sc.rgb, sc.depth_m, cam, 'procedural')
 
 
