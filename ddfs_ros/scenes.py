@@ -7,8 +7,8 @@ filled).  Sources:
 - :func:`motorcycle_scene`: scikit-image's Middlebury 2014 *Motorcycle* (real image,
   real stereo disparity turned into metric depth; about 2.2-4.5 m).
 - :func:`procedural_scene`: textured slanted planes and textured shapes (and, on request,
-  thin structures) in front of a background plane, occlusion-correct (z-buffered) depth; textures from
-  scikit-image's real photographs and from coloured 1/f noise.  Deterministic given
+  thin structures) in front of a background plane, occlusion-correct (z-buffered) depth;
+  textures from scikit-image's real photographs and from coloured 1/f noise.  Deterministic given
   the seed.
 - :func:`load_rgbd`: a user's RGB image + depth image (uint16 millimetres by default).
 - :func:`real_dfd_scenes`: the real indoor depth-from-defocus set in

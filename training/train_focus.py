@@ -14,9 +14,9 @@ the network can output (the hypotheses for the cost-volume family, the focus ran
 DFV), over valid pixels: scene scale does not weigh in, near errors count like far ones.
 Learning rate: AdamW, linear warm-up then cosine from ``lr`` to 5 % of it over
 ``samples_target`` samples (then flat), so that a run split over sessions follows one
-schedule; ``schedule_start`` (samples) restarts it there, for a fine-tune.  Validation: the whole validation split at full size, every ``val_every``
-samples, with the classical focus measure scored once on the same stacks as the bar
-to beat.  Checkpoints are chosen on validation only.
+schedule; ``schedule_start`` (samples) restarts it there, for a fine-tune.  Validation:
+the whole validation split at full size, every ``val_every`` samples, with the classical
+focus measure scored once on the same stacks as the bar to beat.  Checkpoints are chosen on validation only.
 """
 from __future__ import annotations
 
