@@ -87,6 +87,26 @@ def test_selection_over_val_parts_resume_and_growth(tmp_path, monkeypatch):
     assert after['model'][first][:, -D:].abs().sum() > 0     # the new channels started at 0 and learn
 
 
+def test_weights_selected_on_another_validation_set_do_not_block_best(tmp_path, monkeypatch):
+    """A fine-tune started from another run's weights (no best.pt here) chooses among its own checks."""
+    monkeypatch.chdir(tmp_path)
+    for split in ('train', 'val'):
+        _shard(tmp_path / 'a', split, 10 if split == 'val' else 0)
+    conf = {'name': 'tiny', 'out': str(tmp_path / 'ck'),
+            'model': {'family': 'ddfs', 'arch': 'unet_cv_fv', 'kwargs': {'num_hypotheses': D, 'widths': [4, 4, 4, 4]}},
+            'data': {'cache': str(tmp_path / 'a'), 'family': 'ddfs', 'size': S, 'num_hypotheses': D},
+            'train': {'batch': 2, 'crop': 16, 'lr': 1e-3, 'samples_target': 64, 'warmup': 4, 'val_every': 4,
+                      'workers': 0}}
+    from training.train_focus import build
+    model = build('ddfs', conf['model']['kwargs'])
+    (tmp_path / 'ck').mkdir()
+    torch.save({'model': model.state_dict(), 'samples': 0, 'best': 1e-9, 'selected_on': ['elsewhere']},
+               tmp_path / 'ck' / 'last.pt')
+    log = _run(tmp_path, conf, 8)
+    assert "validation now on ['a']: no best.pt yet" in log
+    assert torch.load(tmp_path / 'ck' / 'best.pt', weights_only=False)['selected_on'] == ['a']
+
+
 @pytest.mark.parametrize('fast', [True, False])
 def test_bf16_training_only_where_the_cpu_computes_bf16(tmp_path, monkeypatch, fast):
     """train.amp bf16 runs bf16 autocast on a CPU with AVX512-BF16 / AMX and fp32 elsewhere

@@ -278,6 +278,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     for i in chosen]
         best = pooled(validate_all(ref, family, ref_vals))['abs_rel']
         say(f'validation now on {selection}: the previous best.pt scores {best:.4f} there')
+    elif selected_on != selection:
+        # no best.pt to re-measure (e.g. another run's weights): a figure from another
+        # validation set must not keep every checkpoint of this one from being chosen
+        best = float('inf')
+        say(f'validation now on {selection}: no best.pt yet, the first check sets it')
     say(f'{name}: {sum(p.numel() for p in model.parameters())} parameters, '
         f'{" + ".join(str(len(v)) for v in vals)} validation stacks ({", ".join(f.name for f in val_folders)}; '
         f'best.pt chosen on {", ".join(selection)}), '
