@@ -424,7 +424,7 @@ class CachedDataset(Dataset):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    import yaml
+    from .config import load_config
 
     ap = argparse.ArgumentParser(description='Render a cached synthetic focal-stack split.')
     ap.add_argument('--config', required=True, help='training YAML (its data: section is used)')
@@ -435,7 +435,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--seed', type=int, default=None)
     ap.add_argument('--force', action='store_true', help='render again even if the split exists')
     a = ap.parse_args(argv)
-    conf = yaml.safe_load(Path(a.config).read_text())
+    conf = load_config(a.config)
     d = dict(conf['data'])
     family = conf.get('model', {}).get('family')
     d.setdefault('want_stack', family == 'dfv')

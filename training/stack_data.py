@@ -56,6 +56,7 @@ from ddfs_ros.optics import LensModel, coc_m, hypotheses_from_focus_span
 from ddfs_ros.scenes import split_photo_texture, split_texture_images
 from ddfs_ros.stack import reference_index
 
+from .config import load_config
 from .data import crop_resize
 
 SPLIT_IDS = {'train': 0, 'val': 1, 'test': 2}
@@ -504,7 +505,6 @@ def training_parts(data: dict) -> list[int]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    import yaml
     from tqdm import tqdm
 
     ap = argparse.ArgumentParser(description='Render training shards of focal stacks (see module docstring).')
@@ -514,7 +514,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--workers', type=int, default=1)
     ap.add_argument('--part', type=int, default=0, help='0: the data section; N: its extra_train[N-1] entry')
     a = ap.parse_args(argv)
-    conf = yaml.safe_load(Path(a.config).read_text())
+    conf = load_config(a.config)
     cfg, folder, seed = data_parts(conf['data'])[a.part]
     if a.split != 'train' and a.part not in validation_parts(conf['data']):
         ap.error('this extra_train part holds training shards only (mark it val: true to validate on it)')

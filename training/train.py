@@ -30,10 +30,10 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
+from .config import load_config
 from .data import CachedDataset, DataConfig, build_cache
 from .losses import ddfs_loss, dfv_loss
 from .models import build_model, count_parameters
@@ -41,10 +41,6 @@ from .models import build_model, count_parameters
 VAL_KEYS = ('absrel', 'rms', 'delta1', 'mae', 'avg_unc')
 
 
-def load_config(path: str | Path) -> dict:
-    conf = yaml.safe_load(Path(path).read_text())
-    conf.setdefault('name', Path(path).stem)
-    return conf
 
 
 def model_kwargs(conf: dict, family: str) -> dict:

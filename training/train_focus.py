@@ -30,12 +30,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
 from ddfs_ros.engines.torch_backend import cpu_has_fast_bf16
 from ddfs_ros.focus_bins import extrapolated_focus
 
+from .config import load_config
 from .models.focusnets import CostFocusUNet, FocusStackNet, data_options
 from .stack_data import ShardDataset, data_parts, training_parts, validation_parts
 
@@ -200,7 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--amp', choices=['fp32', 'bf16'], default=None,
                     help="training precision (default: the config's train.amp, else fp32); validation is fp32")
     a = ap.parse_args(argv)
-    conf = yaml.safe_load(Path(a.config).read_text())
+    conf = load_config(a.config)
     name, family = conf['name'], conf['model']['family']
     t = conf['train']
     out = Path(conf.get('out', f'checkpoints/{name}'))
