@@ -149,3 +149,28 @@ def test_plot_curves_keeps_the_committed_history_of_a_run_resumed_in_a_fresh_clo
         assert len(list(csv.DictReader(fh))) == 4
     plot_curves.main(['--runs', 'r', '--out', str(tmp_path / 'c.png')])
     assert (tmp_path / 'c.png').stat().st_size > 0
+
+
+def test_compare_checkpoints_scores_exported_checkpoints_beside_a_shipped_engine(tmp_path, monkeypatch, capsys):
+    """A trained checkpoint is exported and scored on rendered validation stacks next to a reference."""
+    from training.compare_checkpoints import comparison_table, main
+    monkeypatch.chdir(tmp_path)
+    for split in ('train', 'val'):
+        _shard(tmp_path / 'a', split, 0 if split == 'train' else 10)
+    conf = {'name': 'tiny', 'out': str(tmp_path / 'ck'),
+            'model': {'family': 'ddfs', 'arch': 'unet_cv_fv', 'kwargs': {'num_hypotheses': D, 'widths': [4, 4, 4, 4]}},
+            'data': {'cache': str(tmp_path / 'a'), 'family': 'ddfs', 'size': S, 'num_hypotheses': D},
+            'train': {'batch': 2, 'crop': 16, 'lr': 1e-3, 'samples_target': 64, 'warmup': 4, 'val_every': 4,
+                      'workers': 0}}
+    _run(tmp_path, conf, 4)
+    ck = str(tmp_path / 'ck' / 'best.pt')
+    main([ck, ck.replace('best', 'last'), '--source', 'procedural', '--variant', 'reference', '--count', '1',
+          '--size', '64'])
+    out = capsys.readouterr().out
+    assert '1 stacks per variant (procedural' in out
+    rows = [r for r in out.splitlines() if r.startswith('| ck_')]
+    assert [r.split(' |')[0] for r in rows] == ['| ck_best', '| ck_last']
+    assert all(float(r.split('|')[2]) > 0 for r in rows)       # a finite AbsRel for each
+    # the changes are against the first reference
+    table = comparison_table({'v1': {'ref': [0.1], 'new': [0.09]}, 'v2': {'ref': [0.2], 'new': [0.2]}}, 'ref')
+    assert '| new | 0.0900 (-10.0 %) | 0.2000 (+0.0 %) | 0.1450 (-3.3 %) |' in table
