@@ -26,6 +26,15 @@ def _shard(folder: Path, split: str, seed: int) -> None:
              depths=np.tile(hypotheses_from_focus_span(focus[0], D), (N, 1)).astype(np.float32))
 
 
+def _tiny_conf(tmp: Path) -> dict:
+    """A tiny ddfs run on the shards in ``tmp/a``, checkpoints in ``tmp/ck``."""
+    return {'name': 'tiny', 'out': str(tmp / 'ck'),
+            'model': {'family': 'ddfs', 'arch': 'unet_cv_fv', 'kwargs': {'num_hypotheses': D, 'widths': [4, 4, 4, 4]}},
+            'data': {'cache': str(tmp / 'a'), 'family': 'ddfs', 'size': S, 'num_hypotheses': D},
+            'train': {'batch': 2, 'crop': 16, 'lr': 1e-3, 'samples_target': 64, 'warmup': 4, 'val_every': 4,
+                      'workers': 0}}
+
+
 def _run(tmp: Path, conf: dict, samples_max: int) -> str:
     from training.train_focus import main
     conf = {**conf, 'train': {**conf['train'], 'samples_max': samples_max}}
@@ -40,11 +49,7 @@ def test_selection_over_val_parts_resume_and_growth(tmp_path, monkeypatch):
     for part, seed in (('a', 0), ('b', 1)):
         for split in ('train', 'val'):
             _shard(tmp_path / part, split, seed + (10 if split == 'val' else 0))
-    conf = {'name': 'tiny', 'out': str(tmp_path / 'ck'),
-            'model': {'family': 'ddfs', 'arch': 'unet_cv_fv', 'kwargs': {'num_hypotheses': D, 'widths': [4, 4, 4, 4]}},
-            'data': {'cache': str(tmp_path / 'a'), 'family': 'ddfs', 'size': S, 'num_hypotheses': D},
-            'train': {'batch': 2, 'crop': 16, 'lr': 1e-3, 'samples_target': 64, 'warmup': 4, 'val_every': 4,
-                      'workers': 0}}
+    conf = _tiny_conf(tmp_path)
     log = _run(tmp_path, conf, 8)
     curve = (tmp_path / 'ck' / 'curve.csv').read_text().splitlines()
     assert curve[0].endswith(',selection_abs_rel') and len(curve) == 1 + 2
@@ -92,11 +97,7 @@ def test_weights_selected_on_another_validation_set_do_not_block_best(tmp_path, 
     monkeypatch.chdir(tmp_path)
     for split in ('train', 'val'):
         _shard(tmp_path / 'a', split, 10 if split == 'val' else 0)
-    conf = {'name': 'tiny', 'out': str(tmp_path / 'ck'),
-            'model': {'family': 'ddfs', 'arch': 'unet_cv_fv', 'kwargs': {'num_hypotheses': D, 'widths': [4, 4, 4, 4]}},
-            'data': {'cache': str(tmp_path / 'a'), 'family': 'ddfs', 'size': S, 'num_hypotheses': D},
-            'train': {'batch': 2, 'crop': 16, 'lr': 1e-3, 'samples_target': 64, 'warmup': 4, 'val_every': 4,
-                      'workers': 0}}
+    conf = _tiny_conf(tmp_path)
     from training.train_focus import build
     model = build('ddfs', conf['model']['kwargs'])
     (tmp_path / 'ck').mkdir()
@@ -116,11 +117,8 @@ def test_bf16_training_only_where_the_cpu_computes_bf16(tmp_path, monkeypatch, f
     monkeypatch.setattr(tf, 'cpu_has_fast_bf16', lambda: fast)
     for split in ('train', 'val'):
         _shard(tmp_path / 'a', split, 0 if split == 'train' else 10)
-    conf = {'name': 'tiny', 'out': str(tmp_path / 'ck'),
-            'model': {'family': 'ddfs', 'arch': 'unet_cv_fv', 'kwargs': {'num_hypotheses': D, 'widths': [4, 4, 4, 4]}},
-            'data': {'cache': str(tmp_path / 'a'), 'family': 'ddfs', 'size': S, 'num_hypotheses': D},
-            'train': {'batch': 2, 'crop': 16, 'lr': 1e-3, 'samples_target': 64, 'warmup': 4, 'val_every': 4,
-                      'workers': 0, 'amp': 'bf16'}}
+    conf = _tiny_conf(tmp_path)
+    conf['train']['amp'] = 'bf16'
     log = _run(tmp_path, conf, 4)
     assert ('bf16 autocast' in log) == fast
     assert ('no fast bf16' in log and 'training in fp32' in log) == (not fast)
@@ -157,11 +155,7 @@ def test_compare_checkpoints_scores_exported_checkpoints_beside_a_shipped_engine
     monkeypatch.chdir(tmp_path)
     for split in ('train', 'val'):
         _shard(tmp_path / 'a', split, 0 if split == 'train' else 10)
-    conf = {'name': 'tiny', 'out': str(tmp_path / 'ck'),
-            'model': {'family': 'ddfs', 'arch': 'unet_cv_fv', 'kwargs': {'num_hypotheses': D, 'widths': [4, 4, 4, 4]}},
-            'data': {'cache': str(tmp_path / 'a'), 'family': 'ddfs', 'size': S, 'num_hypotheses': D},
-            'train': {'batch': 2, 'crop': 16, 'lr': 1e-3, 'samples_target': 64, 'warmup': 4, 'val_every': 4,
-                      'workers': 0}}
+    conf = _tiny_conf(tmp_path)
     _run(tmp_path, conf, 4)
     ck = str(tmp_path / 'ck' / 'best.pt')
     main([ck, ck.replace('best', 'last'), '--source', 'procedural', '--variant', 'reference', '--count', '1',
