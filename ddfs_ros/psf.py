@@ -67,24 +67,38 @@ def gaussian_psfs(radii_px: Sequence[float] | np.ndarray, half_size: int | None 
     A stand-in for lenses whose blur spot is not a sharp-edged pillbox (aberrations,
     diffraction, apodisation): same blur size, different shape.  Pixel values are the
     Gaussian's integral over each pixel (exact, by ``erf``); ``r < 0.5`` is a delta as
-    for the disk.  Returns K x (2R+1) x (2R+1) float64 summing to 1, R defaulting to
-    ``ceil(1.5 * max radius)`` (3 std).
+    for the disk.  Each kernel is cut at its own 3 std (``ceil(1.5 r)``, at most
+    ``half_size``) and normalised there, so it does not depend on the other radii it is
+    computed with.  Returns K x (2R+1) x (2R+1) float64 summing to 1, R defaulting to
+    ``ceil(1.5 * max radius)``.
     """
     r = np.atleast_1d(np.asarray(radii_px, dtype=np.float64))
     if np.any(~np.isfinite(r)) or np.any(r < 0):
         raise ValueError('PSF radii must be finite and >= 0')
     big = max(float(r.max()), DELTA_RADIUS_PX)
     R = int(math.ceil(1.5 * big)) if half_size is None else int(half_size)
-    edges = np.arange(-R, R + 2, dtype=np.float64) - 0.5                     # 2R + 2 pixel edges
-    sigma = np.maximum(r, DELTA_RADIUS_PX) / 2.0
-    cdf = 0.5 * (1.0 + np.vectorize(math.erf)(edges[None, :] / (math.sqrt(2.0) * sigma[:, None])))
-    p1 = np.diff(cdf, axis=1)                                                # K x (2R+1)
-    area = p1[:, :, None] * p1[:, None, :]
-    delta = r < DELTA_RADIUS_PX
-    if np.any(delta):
-        area[delta] = 0.0
-        area[delta, R, R] = 1.0
-    return area / area.sum(axis=(1, 2), keepdims=True)
+    out = []
+    for ri in r:
+        own = min(R, int(math.ceil(1.5 * max(float(ri), DELTA_RADIUS_PX))))
+        if ri < DELTA_RADIUS_PX:
+            k = np.zeros((2 * own + 1, 2 * own + 1))
+            k[own, own] = 1.0
+        else:
+            edges = np.arange(-own, own + 2, dtype=np.float64) - 0.5                 # 2 own + 2 pixel edges
+            cdf = 0.5 * (1.0 + np.vectorize(math.erf)(edges / (math.sqrt(2.0) * ri / 2.0)))
+            p1 = np.diff(cdf)
+            k = p1[:, None] * p1[None, :]
+        out.append(k / k.sum())
+    return _centred(out, R)
+
+
+def _centred(kernels: Sequence[np.ndarray], R: int) -> np.ndarray:
+    """Odd square kernels of at most (2R+1) px, each zero-padded to (2R+1) x (2R+1): K x (2R+1) x (2R+1)."""
+    out = np.zeros((len(kernels), 2 * R + 1, 2 * R + 1), dtype=np.float64)
+    for i, k in enumerate(kernels):
+        m = R - k.shape[0] // 2
+        out[i, m:m + k.shape[0], m:m + k.shape[1]] = k
+    return out
 
 
 #: Extra half-width (px) of a ``disk_otf`` kernel beyond the disk: its band-limited edge rings a little.
@@ -116,22 +130,27 @@ def disk_otf_psfs(radii_px: Sequence[float] | np.ndarray, half_size: int | None 
     samples, and a disk of radius 0.3 px already lowers the contrast at Nyquist by ~10 %.
     Here the image is taken as band-limited samples (sinc reconstruction): the kernel is
     the continuous disk's OTF (:func:`disk_otf`) brought back to pixels, cropped to
-    ``R = ceil(r) + OTF_MARGIN_PX`` and normalised to sum 1.  Close to the pixel-area disk
+    ``R = ceil(r) + OTF_MARGIN_PX`` (each kernel its own, at most ``half_size``) and
+    normalised to sum 1.  Close to the pixel-area disk
     for large ``r`` (the band limit rings a little at the rim, and the kernel has small
-    negative lobes); ``r = 0`` is the delta.  Returns K x (2R+1) x (2R+1) float64.
+    negative lobes); ``r = 0`` is the delta.  The renderer does not crop: it samples
+    :func:`disk_otf` on its canvas.  Returns K x (2R+1) x (2R+1) float64.
     """
     r = np.atleast_1d(np.asarray(radii_px, dtype=np.float64))
     if np.any(~np.isfinite(r)) or np.any(r < 0):
         raise ValueError('PSF radii must be finite and >= 0')
     R = int(math.ceil(float(r.max()))) + OTF_MARGIN_PX if half_size is None else int(half_size)
-    n = 2 * (2 * R + 1)                     # grid twice the kernel: the sinc tails wrap outside the crop
     out = []
     for ri in r:
+        # Cut at the kernel's own size: a crop set by the largest radius of the call would make
+        # the ringing tails kept, so the kernel, depend on the other radii computed with it.
+        own = min(R, int(math.ceil(float(ri))) + OTF_MARGIN_PX)
+        n = 2 * (2 * own + 1)                # grid twice the kernel: the sinc tails wrap outside the crop
         k = np.fft.fftshift(np.real(np.fft.ifft2(disk_otf(ri, (n, n)))))
         c = n // 2
-        k = k[c - R:c + R + 1, c - R:c + R + 1]
+        k = k[c - own:c + own + 1, c - own:c + own + 1]
         out.append(k / k.sum())
-    return np.stack(out)
+    return _centred(out, R)
 
 
 #: PSF shapes the renderer can draw: the thin-lens disk (the model of every volume), the

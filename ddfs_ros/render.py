@@ -20,7 +20,8 @@ Layered rendering, in linear light (sRGB is decoded first and re-encoded last):
    node's own disk PSF (:mod:`ddfs_ros.psf`, radius ``c_px / 2``), per frame, by FFT
    on a canvas padded by reflection (nothing wraps around the borders).  PSF spectra
    come from a table cached per canvas size (every 1/32 px of radius up to 2 px, every
-   1/8 px above) and are linearly interpolated in between.
+   1/8 px above) and are linearly interpolated in between; a row depends on its radius
+   only (``disk_otf``: the OTF sampled on the canvas, tails uncropped).
 3. **Occlusion.**  Layers are composited with the "over" operator, far to near, so a
    near object's blur covers what lies behind it and a blurred far object never
    bleeds over a sharp near one.  A layer occludes only layers whose blur differs
@@ -63,7 +64,7 @@ import numpy as np
 import torch
 
 from .optics import LensModel
-from .psf import DELTA_RADIUS_PX, DELTA_SHAPES, OTF_MARGIN_PX, PSF_SHAPES, kernels_to_spectra
+from .psf import DELTA_RADIUS_PX, DELTA_SHAPES, OTF_MARGIN_PX, PSF_SHAPES, disk_otf, kernels_to_spectra
 from .stack import FocalStack
 
 #: Default largest change of blur diameter (px) between neighbouring blur nodes.
@@ -183,6 +184,7 @@ class _DiskSpectrumTable:
                  psf: str = 'disk') -> None:
         self.shape = shape
         self.kernels = PSF_SHAPES[psf]
+        self.band_limited = psf == 'disk_otf'
         self.delta_px = DELTA_RADIUS_PX if psf in DELTA_SHAPES else 0.0
         self.device = device
         self.dtype = dtype
@@ -198,11 +200,18 @@ class _DiskSpectrumTable:
             self.filled = np.concatenate([self.filled, np.zeros(top - self.filled.size, dtype=bool)])
         missing = np.unique(indices[~self.filled[indices]])
         if missing.size:
-            kernels = torch.as_tensor(self.kernels(_table_radius(missing)), dtype=self.dtype, device=self.device)
-            half = kernels_to_spectra(kernels, self.shape).real
-            W, Wk = self.shape[1], self.shape[1] // 2 + 1
-            # Even in x: column kx > W/2 equals column W - kx.
-            full = torch.cat([half, half[:, :, 1:W - Wk + 1].flip(-1)], -1)
+            if self.band_limited:
+                # The continuous disk's OTF sampled on the canvas: no crop of its ringing tails,
+                # so a row is the same whichever rows it is computed with.
+                full = torch.as_tensor(np.stack([disk_otf(r, self.shape) for r in _table_radius(missing)]),
+                                       dtype=self.dtype, device=self.device)
+            else:
+                kernels = torch.as_tensor(self.kernels(_table_radius(missing)), dtype=self.dtype,
+                                          device=self.device)
+                half = kernels_to_spectra(kernels, self.shape).real
+                W, Wk = self.shape[1], self.shape[1] // 2 + 1
+                # Even in x: column kx > W/2 equals column W - kx.
+                full = torch.cat([half, half[:, :, 1:W - Wk + 1].flip(-1)], -1)
             self.table[torch.as_tensor(missing, device=self.device)] = torch.stack([full, full], -1)
             self.filled[missing] = True
 

@@ -89,7 +89,7 @@ def test_gaussian_spot_equals_gaussian_convolution_and_unknown_shapes_are_reject
 
 
 def test_band_limited_disk_softens_a_sub_pixel_defocus_the_pixel_disk_leaves_sharp():
-    from ddfs_ros.psf import disk_otf_psfs
+    from ddfs_ros.psf import disk_otf
 
     size, focus, radius = 64, 1.0, 0.35
     slope = LENS.focal_length_m ** 2 * focus / (LENS.f_number * (focus - LENS.focal_length_m) * LENS.pixel_pitch_m)
@@ -99,12 +99,30 @@ def test_band_limited_disk_softens_a_sub_pixel_defocus_the_pixel_disk_leaves_sha
     otf = render_focal_stack(rgb, depth, [focus], LENS, psf='disk_otf')[0]
     np.testing.assert_allclose(disk, np.clip(rgb, 0, 1), atol=2e-3)          # r < 0.5: a delta
     lin = to_linear(rgb)
-    kernel = disk_otf_psfs([radius])[0]
+    kernel = np.fft.fftshift(np.real(np.fft.ifft2(disk_otf(radius, (41, 41)))))   # its tails uncropped
     expected = to_srgb(np.clip(np.stack([ndimage.convolve(lin[..., c], kernel, mode='reflect')
                                          for c in range(3)], -1), 0, 1))
     np.testing.assert_allclose(otf[8:-8, 8:-8], expected[8:-8, 8:-8], atol=3e-3)
     assert np.abs(otf - disk).mean() > 2e-3
 
+
+
+@pytest.mark.parametrize('psf', ['disk', 'disk_otf', 'gaussian'])
+def test_a_render_does_not_depend_on_what_was_rendered_before(psf):
+    # The process-wide PSF table of a canvas size is filled with whatever radii a stack is
+    # missing; here once from a fresh table, once after an earlier stack of the same
+    # canvas size filled every row up to 12 px in one go.
+    from ddfs_ros.render import _TABLES, _spectrum_table
+
+    scene = two_plane_scene(48, 0.6, 2.5)
+    _TABLES.clear()
+    fresh = render_focal_stack(scene.rgb, scene.depth_m, [0.62, 2.4], LENS, psf=psf)
+    (shape, _, _), = [k for k in _TABLES if k[2] == psf]
+    _TABLES.clear()
+    _spectrum_table(shape, torch.device('cpu'), psf).locate(np.linspace(0.0, 12.0, 400))
+    after = render_focal_stack(scene.rgb, scene.depth_m, [0.62, 2.4], LENS, psf=psf)
+    _TABLES.clear()
+    np.testing.assert_array_equal(after, fresh)
 
 def test_psf_table_interpolates_disk_spectra():
     from ddfs_ros.psf import kernels_to_spectra
