@@ -82,6 +82,18 @@ def test_robustness_command_on_procedural_scenes(cost_argmin_engines, capsys):
     assert cli.main(['robustness', '--variant', 'nope']) == 2
 
 
+
+def test_a_source_scores_the_same_alone_as_beside_others():
+    from ddfs_ros.eval.offline import baseline_predict
+    from ddfs_ros.eval.robustness import robustness_scores
+
+    fm = {'fm': lambda s: baseline_predict(s)[0]}
+    both = robustness_scores(fm, ['procedural', 'procedural_thin'], 'val', 2, ['disk_otf'], size=64)['disk_otf']['fm']
+    alone = [robustness_scores(fm, [s], 'val', 2, ['disk_otf'], size=64)['disk_otf']['fm']
+             for s in ('procedural', 'procedural_thin')]
+    assert both == alone[0] + alone[1]
+    assert len(set(both)) == 4
+
 def test_thin_procedural_source_adds_fine_geometry_to_the_crisp_scenes():
     from ddfs_ros.eval.robustness import scenes_of
     edges = lambda d: int((np.abs(np.diff(d, axis=1)) > 0.02 * d[:, 1:]).sum())

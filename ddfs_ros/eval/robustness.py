@@ -203,16 +203,17 @@ def stack_abs_rel(depth: np.ndarray, gt: np.ndarray) -> float:
 def robustness_scores(methods: dict[str, Callable[[FocalStack], np.ndarray]], sources: Sequence[str],
                       split: str = 'val', count: int = 12, variants: Sequence[str] = tuple(VARIANTS),
                       size: Optional[int] = None, seed: int = 0) -> dict:
-    """{variant: {method: [AbsRel per stack]}} over ``count`` scenes of each source."""
+    """{variant: {method: [AbsRel per stack]}} over ``count`` scenes of each source.
+
+    A stack's noise is drawn from ``seed`` and its index within its source, so a source
+    scores the same alone as beside others."""
     scores = {v: {m: [] for m in methods} for v in variants}
-    k = 0
     for source in sources:
-        for rgb, gt, render_depth, lens, focus, noise in scenes_of(source, split, count, size, seed):
+        for k, (rgb, gt, render_depth, lens, focus, noise) in enumerate(scenes_of(source, split, count, size, seed)):
             for v in variants:
                 stack = render_variant(v, rgb, render_depth, focus, lens, noise, seed=seed * 1000003 + k)
                 for name, predict in methods.items():
                     scores[v][name].append(stack_abs_rel(np.asarray(predict(stack), dtype=np.float64), gt))
-            k += 1
     return scores
 
 
