@@ -168,3 +168,42 @@ def test_compare_checkpoints_scores_exported_checkpoints_beside_a_shipped_engine
     # the changes are against the first reference
     table = comparison_table({'v1': {'ref': [0.1], 'new': [0.09]}, 'v2': {'ref': [0.2], 'new': [0.2]}}, 'ref')
     assert '| new | 0.0900 (-10.0 %) | 0.2000 (+0.0 %) | 0.1450 (-3.3 %) |' in table
+
+
+def test_average_state_dicts_and_batchnorm_statistics_measured_again():
+    from training.average_weights import average_state_dicts, recompute_batchnorm
+    a = {'w': torch.tensor([1.0, 2.0]), 'n': torch.tensor(3)}
+    b = {'w': torch.tensor([3.0, 6.0]), 'n': torch.tensor(7)}
+    mean = average_state_dicts([a, b])
+    assert torch.equal(mean['w'], torch.tensor([2.0, 4.0])) and int(mean['n']) == 7
+    with pytest.raises(ValueError):
+        average_state_dicts([a, {'v': torch.zeros(2)}])
+    bn = torch.nn.BatchNorm1d(2, momentum=0.1)
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(64, 2, generator=gen) * torch.tensor([1.0, 3.0]) + torch.tensor([5.0, -2.0]) for _ in range(4)]
+    bn.eval()
+    assert recompute_batchnorm(bn, batches, lambda m, x: m(x)) == 4
+    whole = torch.cat(batches)
+    torch.testing.assert_close(bn.running_mean, whole.mean(0))                  # equal batches: the mean of means
+    torch.testing.assert_close(bn.running_var, torch.stack([x.var(0) for x in batches]).mean(0))
+    assert bn.momentum == 0.1 and not bn.training
+
+
+def test_average_weights_of_a_tiny_run_exports(tmp_path, monkeypatch):
+    """best.pt and last.pt of a tiny run averaged, BatchNorm measured on its own shards, exported."""
+    from training.average_weights import main
+    from training.export_focus import export_checkpoint
+    monkeypatch.chdir(tmp_path)
+    for split in ('train', 'val'):
+        _shard(tmp_path / 'a', split, 0 if split == 'train' else 10)
+    _run(tmp_path, _tiny_conf(tmp_path), 12)
+    cks = [tmp_path / 'ck' / n for n in ('best.pt', 'last.pt')]
+    main([str(c) for c in cks] + ['--out', str(tmp_path / 'swa.pt'), '--batches', '2', '--threads', '1'])
+    ck = torch.load(tmp_path / 'swa.pt', weights_only=False)
+    last = torch.load(cks[1], weights_only=False)
+    assert ck['samples'] == last['samples'] == 12 and ck['batchnorm_batches'] == 2 and len(ck['averaged_from']) == 2
+    assert ck['config']['name'] == 'tiny'
+    means = [k for k in ck['model'] if k.endswith('running_mean')]
+    assert means and not all(torch.equal(ck['model'][k], last['model'][k]) for k in means)
+    assert export_checkpoint(tmp_path / 'swa.pt', tmp_path / 'swa.onnx', torch_program=False,
+                             cpu_preference=False).is_file()
