@@ -207,3 +207,11 @@ def test_average_weights_of_a_tiny_run_exports(tmp_path, monkeypatch):
     assert means and not all(torch.equal(ck['model'][k], last['model'][k]) for k in means)
     assert export_checkpoint(tmp_path / 'swa.pt', tmp_path / 'swa.onnx', torch_program=False,
                              cpu_preference=False).is_file()
+    # committed weights-only files carry no config: the run's config file stands in
+    weights = str(tmp_path / 'training' / 'weights' / 'tiny.pt')
+    with pytest.raises(ValueError, match='--config'):
+        main([weights, '--out', str(tmp_path / 'w.pt'), '--batches', '0'])
+    main([weights, weights, '--out', str(tmp_path / 'w.pt'), '--batches', '0', '--config', str(tmp_path / 'tiny.yaml')])
+    w = torch.load(tmp_path / 'w.pt', weights_only=False)
+    assert w['config']['name'] == 'tiny' and w['batchnorm_batches'] == 0
+    assert all(torch.equal(w['model'][k], last['model'][k]) for k in w['model'])   # the mean of one state twice

@@ -2,7 +2,7 @@
 recompute the BatchNorm statistics on the run's own training data.
 
     python -m training.average_weights checkpoints/dfv_s_thin_pace/snap/*.pt \\
-        --out checkpoints/dfv_s_swa/swa.pt [--batches 200]
+        --out checkpoints/dfv_s_swa/swa.pt [--batches 200] [--config training/configs/dfv_s.yaml]
 
 At a low learning rate the weights wander around a minimum with the noise of the
 batches: checkpoints a few thousand samples apart can differ by several per cent on the
@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from .config import load_config
 from .stack_data import ShardDataset, data_parts, training_parts
 from .train_focus import build, forward
 from .models.focusnets import data_options
@@ -74,12 +75,14 @@ def recompute_batchnorm(model: torch.nn.Module, batches: Iterable, run: Callable
     return n
 
 
-def average_checkpoints(paths: Sequence[Path], batches: int = 200, threads: int = 2, seed: int = 0) -> dict:
-    """The averaged checkpoint (see the module docstring) of ``paths``."""
+def average_checkpoints(paths: Sequence[Path], batches: int = 200, threads: int = 2, seed: int = 0,
+                        config: Optional[Path] = None) -> dict:
+    """The averaged checkpoint (see the module docstring) of ``paths``; ``config`` for weights-only
+    files (``training/weights/*.pt``), else the latest checkpoint's own."""
     cks = [torch.load(p, map_location='cpu', weights_only=False) for p in paths]
-    conf = next((c['config'] for c in reversed(cks) if 'config' in c), None)
+    conf = load_config(config) if config else next((c['config'] for c in reversed(cks) if 'config' in c), None)
     if conf is None:
-        raise ValueError('none of the checkpoints carries its config (train_focus checkpoints do)')
+        raise ValueError('none of the checkpoints carries its config (train_focus checkpoints do): give --config')
     family = conf['model']['family']
     model = build(family, conf['model'].get('kwargs', {}))
     model.load_state_dict(average_state_dicts([c['model'] for c in cks]))
@@ -106,8 +109,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--out', required=True, type=Path)
     ap.add_argument('--batches', type=int, default=200, help='training batches for the BatchNorm statistics')
     ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--config', type=Path, default=None,
+                    help='the run\'s config, for weights-only files (training/weights/*.pt)')
     a = ap.parse_args(argv)
-    ck = average_checkpoints(a.checkpoints, a.batches, a.threads)
+    ck = average_checkpoints(a.checkpoints, a.batches, a.threads, config=a.config)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ck, a.out)
     print(f'{a.out}: mean of {len(a.checkpoints)} checkpoints ({ck["samples"]} samples at most), '
