@@ -215,3 +215,6 @@ def test_average_weights_of_a_tiny_run_exports(tmp_path, monkeypatch):
     w = torch.load(tmp_path / 'w.pt', weights_only=False)
     assert w['config']['name'] == 'tiny' and w['batchnorm_batches'] == 0
     assert all(torch.equal(w['model'][k], last['model'][k]) for k in w['model'])   # the mean of one state twice
+    # BatchNorm from whole 24 px stacks instead of the config's 16 px crops
+    main([weights, '--out', str(tmp_path / 'w24.pt'), '--batches', '1', '--crop', '24', '--config', str(tmp_path / 'tiny.yaml')])
+    assert torch.load(tmp_path / 'w24.pt', weights_only=False)['batchnorm_batches'] == 1

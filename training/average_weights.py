@@ -76,9 +76,10 @@ def recompute_batchnorm(model: torch.nn.Module, batches: Iterable, run: Callable
 
 
 def average_checkpoints(paths: Sequence[Path], batches: int = 200, threads: int = 2, seed: int = 0,
-                        config: Optional[Path] = None) -> dict:
+                        config: Optional[Path] = None, crop: Optional[int] = None) -> dict:
     """The averaged checkpoint (see the module docstring) of ``paths``; ``config`` for weights-only
-    files (``training/weights/*.pt``), else the latest checkpoint's own."""
+    files (``training/weights/*.pt``), else the latest checkpoint's own; ``crop``: the window (px) of
+    the BatchNorm batches, default the config's."""
     cks = [torch.load(p, map_location='cpu', weights_only=False) for p in paths]
     conf = load_config(config) if config else next((c['config'] for c in reversed(cks) if 'config' in c), None)
     if conf is None:
@@ -92,7 +93,7 @@ def average_checkpoints(paths: Sequence[Path], batches: int = 200, threads: int 
         parts = data_parts(conf['data'])
         folders = [parts[i][1] for i in training_parts(conf['data'])]
         t = conf['train']
-        data = ShardDataset(folders, 'train', family, crop=int(t['crop']), seed=seed, **data_options(model))
+        data = ShardDataset(folders, 'train', family, crop=int(crop or t['crop']), seed=seed, **data_options(model))
         gen = torch.Generator().manual_seed(seed)
         loader = DataLoader(data, batch_size=int(t['batch']), shuffle=True, drop_last=True, generator=gen)
         used = recompute_batchnorm(model, (b for _, b in zip(range(batches), loader)),
@@ -111,8 +112,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--config', type=Path, default=None,
                     help='the run\'s config, for weights-only files (training/weights/*.pt)')
+    ap.add_argument('--crop', type=int, default=None, help='window (px) of the BatchNorm batches (default: '
+                    'the config\'s training crop)')
     a = ap.parse_args(argv)
-    ck = average_checkpoints(a.checkpoints, a.batches, a.threads, config=a.config)
+    ck = average_checkpoints(a.checkpoints, a.batches, a.threads, config=a.config, crop=a.crop)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ck, a.out)
     print(f'{a.out}: mean of {len(a.checkpoints)} checkpoints ({ck["samples"]} samples at most), '
