@@ -142,8 +142,8 @@ def disk_otf_psfs(radii_px: Sequence[float] | np.ndarray, half_size: int | None 
     R = int(math.ceil(float(r.max()))) + OTF_MARGIN_PX if half_size is None else int(half_size)
     out = []
     for ri in r:
-        # Cut at the kernel's own size: a crop set by the largest radius of the call would make
-        # the ringing tails kept, so the kernel, depend on the other radii computed with it.
+        # Cut at the kernel's own size: with a crop set by the call's largest radius, how much of
+        # the ringing tail is kept (so the kernel) would depend on the other radii.
         own = min(R, int(math.ceil(float(ri))) + OTF_MARGIN_PX)
         n = 2 * (2 * own + 1)                # grid twice the kernel: the sinc tails wrap outside the crop
         k = np.fft.fftshift(np.real(np.fft.ifft2(disk_otf(ri, (n, n)))))
