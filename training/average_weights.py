@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 import torch
+from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
 
 from .config import load_config
@@ -51,28 +52,28 @@ def average_state_dicts(states: Sequence[dict]) -> dict:
     return out
 
 
+class _Run(torch.nn.Module):
+    """``model`` behind ``forward(batch) = run(model, batch)``, counting the batches: what
+    :func:`~torch.optim.swa_utils.update_bn` calls for batches that are not plain tensors."""
+
+    def __init__(self, model: torch.nn.Module, run: Callable) -> None:
+        super().__init__()
+        self.model, self.run, self.calls = model, run, 0
+        self.train(model.training)      # update_bn restores the wrapper's mode, so it must be the model's
+
+    def forward(self, batch):
+        self.calls += 1
+        return self.run(self.model, batch)
+
+
 @torch.no_grad()
 def recompute_batchnorm(model: torch.nn.Module, batches: Iterable, run: Callable) -> int:
     """Running mean / variance of every BatchNorm layer measured again over ``batches``
-    (training batches, each passed as ``run(model, batch)``), cumulative (momentum None);
-    returns how many batches were used."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return 0
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    was_training = model.training
-    model.train()
-    n = 0
-    for b in batches:
-        run(model, b)
-        n += 1
-    for m, mom in zip(norms, momenta):
-        m.momentum = mom
-    model.train(was_training)
-    return n
+    (training batches, each passed as ``run(model, batch)``), cumulative
+    (:func:`torch.optim.swa_utils.update_bn`); returns how many batches were used."""
+    wrapped = _Run(model, run)
+    update_bn(batches, wrapped)
+    return wrapped.calls
 
 
 def average_checkpoints(paths: Sequence[Path], batches: int = 200, threads: int = 2, seed: int = 0,
