@@ -82,7 +82,6 @@ def test_robustness_command_on_procedural_scenes(cost_argmin_engines, capsys):
     assert cli.main(['robustness', '--variant', 'nope']) == 2
 
 
-
 def test_a_source_scores_the_same_alone_as_beside_others():
     from ddfs_ros.eval.offline import baseline_predict
     from ddfs_ros.eval.robustness import robustness_scores
@@ -93,6 +92,7 @@ def test_a_source_scores_the_same_alone_as_beside_others():
              for s in ('procedural', 'procedural_thin')]
     assert both == alone[0] + alone[1]
     assert len(set(both)) == 4
+
 
 def test_thin_procedural_source_adds_fine_geometry_to_the_crisp_scenes():
     from ddfs_ros.eval.robustness import scenes_of

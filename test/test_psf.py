@@ -123,7 +123,6 @@ def test_band_limited_disk_matches_the_pixel_disk_for_large_blur(r):
     assert np.abs(k).sum() - inner.sum() < 0.1                   # the band limit rings a little (Gibbs)
 
 
-
 @pytest.mark.parametrize('shape', ['disk', 'disk_otf', 'gaussian'])
 def test_a_kernel_does_not_depend_on_the_radii_computed_with_it(shape):
     # The renderer fills its PSF table with whatever radii a stack is missing; a kernel cut
@@ -138,6 +137,7 @@ def test_a_kernel_does_not_depend_on_the_radii_computed_with_it(shape):
         assert m > 0
         np.testing.assert_array_equal(batch[m:m + alone.shape[0], m:m + alone.shape[0]], alone)
         assert np.abs(batch).sum() == pytest.approx(np.abs(alone).sum(), rel=1e-12)   # nothing outside
+
 
 def test_shape_names_without_torch_match_the_renderers_shapes():
     from ddfs_ros.optics import PSF_SHAPE_NAMES

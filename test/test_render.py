@@ -106,7 +106,6 @@ def test_band_limited_disk_softens_a_sub_pixel_defocus_the_pixel_disk_leaves_sha
     assert np.abs(otf - disk).mean() > 2e-3
 
 
-
 @pytest.mark.parametrize('psf', ['disk', 'disk_otf', 'gaussian'])
 def test_a_render_does_not_depend_on_what_was_rendered_before(psf):
     # The process-wide PSF table of a canvas size is filled with whatever radii a stack is
@@ -123,6 +122,7 @@ def test_a_render_does_not_depend_on_what_was_rendered_before(psf):
     after = render_focal_stack(scene.rgb, scene.depth_m, [0.62, 2.4], LENS, psf=psf)
     _TABLES.clear()
     np.testing.assert_array_equal(after, fresh)
+
 
 def test_psf_table_interpolates_disk_spectra():
     from ddfs_ros.psf import kernels_to_spectra
