@@ -124,6 +124,48 @@ def test_bf16_training_only_where_the_cpu_computes_bf16(tmp_path, monkeypatch, f
     assert ('no fast bf16' in log and 'training in fp32' in log) == (not fast)
 
 
+def test_frozen_batchnorm_keeps_running_statistics_and_trains_the_rest(tmp_path, monkeypatch):
+    """train.freeze_bn: BatchNorm normalises with its running statistics in training (they
+    never move) while every weight, the BatchNorm affine ones included, still learns; the
+    validations in between leave the layers frozen."""
+    monkeypatch.chdir(tmp_path)
+    for split in ('train', 'val'):
+        _shard(tmp_path / 'a', split, 0 if split == 'train' else 10)
+    conf = _tiny_conf(tmp_path)
+    conf['train']['freeze_bn'] = True
+    from training.train_focus import build
+    model = build('ddfs', conf['model']['kwargs'])
+    (tmp_path / 'ck').mkdir()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save({'model': before, 'samples': 0}, tmp_path / 'ck' / 'last.pt')
+    log = _run(tmp_path, conf, 12)                      # three validations on the way
+    assert 'BatchNorm frozen' in log
+    after = torch.load(tmp_path / 'ck' / 'last.pt', weights_only=False)['model']
+    stats = [k for k in before if k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))]
+    affine = [k for k in before if k.endswith('.1.weight') and before[k].dim() == 1]
+    convs = [k for k in before if before[k].dim() == 4]
+    assert stats and affine and convs
+    assert all(torch.equal(before[k], after[k]) for k in stats)
+    assert all(not torch.equal(before[k], after[k]) for k in convs)
+    assert any(not torch.equal(before[k], after[k]) for k in affine)
+
+    # unfrozen, the same run moves the statistics
+    conf['train']['freeze_bn'] = False
+    _run(tmp_path, conf, 16)
+    moved = torch.load(tmp_path / 'ck' / 'last.pt', weights_only=False)['model']
+    assert any(not torch.equal(after[k], moved[k]) for k in stats)
+
+
+def test_validation_restores_each_layers_mode():
+    from training.train_focus import build, set_training_mode, validate
+    model = set_training_mode(build('ddfs', {'num_hypotheses': D, 'widths': [4, 4, 4, 4]}), freeze_bn=True)
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert model.training and bn and not any(m.training for m in bn)
+    validate(model, 'ddfs', [])
+    assert model.training and not any(m.training for m in bn)
+    set_training_mode(model)
+    assert all(m.training for m in bn)
+
 def test_plot_curves_keeps_the_committed_history_of_a_run_resumed_in_a_fresh_clone(tmp_path, monkeypatch):
     """checkpoints/<run>/curve.csv of a resumed run starts where it resumed: the committed
     curve keeps its earlier rows, the new rows replace any from there on."""

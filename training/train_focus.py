@@ -17,6 +17,9 @@ Learning rate: AdamW, linear warm-up then cosine from ``lr`` to 5 % of it over
 schedule; ``schedule_start`` (samples) restarts it there, for a fine-tune.  Validation:
 the whole validation split at full size, every ``val_every`` samples, with the classical
 focus measure scored once on the same stacks as the bar to beat.  Checkpoints are chosen on validation only.
+``train.freeze_bn: true`` trains with every BatchNorm layer in eval mode (its running
+statistics fixed, its affine weights still learned): the network then trains with the
+normalisation the node runs, which no batch of 64 px crops shifts (session 16).
 """
 from __future__ import annotations
 
@@ -100,9 +103,23 @@ def mean_scores(absrel: Sequence[float], delta1: Sequence[float]) -> dict:
     return {'abs_rel': float(np.mean(absrel)), 'delta1': float(np.mean(delta1)), 'count': len(absrel)}
 
 
+def set_training_mode(model: torch.nn.Module, freeze_bn: bool = False) -> torch.nn.Module:
+    """``model.train()``; with ``freeze_bn`` every BatchNorm layer stays in eval mode: it
+    normalises with its running statistics and leaves them alone (its affine weights still
+    train), so training sees the normalisation inference uses, whatever the batch."""
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    return model
+
+
 @torch.no_grad()
 def validate(model: torch.nn.Module, family: str, data: ShardDataset, batch: int = 8) -> dict:
-    """AbsRel and delta1 (%) of the full-size validation stacks (per image, then averaged)."""
+    """AbsRel and delta1 (%) of the full-size validation stacks (per image, then averaged);
+    every module's training mode is restored afterwards (frozen BatchNorm layers stay frozen)."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     absrel, d1 = [], []
     for s in range(0, len(data), batch):
@@ -113,7 +130,8 @@ def validate(model: torch.nn.Module, family: str, data: ShardDataset, batch: int
             a, d = absrel_delta1(depth[i, 0].numpy(), b['gt'][i].numpy())
             absrel.append(a)
             d1.append(d)
-    model.train()
+    for m, mode in modes:
+        m.train(mode)
     return mean_scores(absrel, d1)
 
 
@@ -287,7 +305,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         f'{" + ".join(str(len(v)) for v in vals)} validation stacks ({", ".join(f.name for f in val_folders)}; '
         f'best.pt chosen on {", ".join(selection)}), '
         f'focus measure on them {json.loads(fm_path.read_text())} {fm_sel}, resuming at {samples} samples, '
-        f'{"bf16 autocast" if amp else "fp32"}, training shards in {", ".join(map(str, train_folders))}')
+        f'{"bf16 autocast" if amp else "fp32"}{", BatchNorm frozen" if t.get("freeze_bn") else ""}, training shards in {", ".join(map(str, train_folders))}')
     curve = out / 'curve.csv'
     columns = 'samples,val_abs_rel,val_delta1,train_loss,wall_s,lr,selection_abs_rel'
     if not curve.exists():
@@ -304,7 +322,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     t_start = time.time()
     next_val = (samples // val_every + 1) * val_every
     losses: list = []
-    model.train()
+    freeze_bn = bool(t.get('freeze_bn', False))
+    set_training_mode(model, freeze_bn)
     while True:
         # re-read the shards every pass: a renderer may have added some (the previous pass's
         # arrays go first: both at once would not fit in memory)
