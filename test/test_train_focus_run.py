@@ -166,6 +166,7 @@ def test_validation_restores_each_layers_mode():
     set_training_mode(model)
     assert all(m.training for m in bn)
 
+
 def test_plot_curves_keeps_the_committed_history_of_a_run_resumed_in_a_fresh_clone(tmp_path, monkeypatch):
     """checkpoints/<run>/curve.csv of a resumed run starts where it resumed: the committed
     curve keeps its earlier rows, the new rows replace any from there on."""

@@ -264,6 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         # emulated bf16 (a CPU without AVX512-BF16 / AMX) is several times slower than fp32
         say('bf16 asked, but this CPU has no fast bf16 (AVX512-BF16 / AMX): training in fp32')
         amp = False
+    freeze_bn = bool(t.get('freeze_bn', False))
     # Validation: part 0's split (the curve, comparable across sessions) and the split of
     # every part marked ``val: true``; checkpoints are chosen on those named in
     # train.select_on pooled (default: all of them).
@@ -305,7 +306,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         f'{" + ".join(str(len(v)) for v in vals)} validation stacks ({", ".join(f.name for f in val_folders)}; '
         f'best.pt chosen on {", ".join(selection)}), '
         f'focus measure on them {json.loads(fm_path.read_text())} {fm_sel}, resuming at {samples} samples, '
-        f'{"bf16 autocast" if amp else "fp32"}{", BatchNorm frozen" if t.get("freeze_bn") else ""}, training shards in {", ".join(map(str, train_folders))}')
+        f'{"bf16 autocast" if amp else "fp32"}{", BatchNorm frozen" if freeze_bn else ""}, training shards in {", ".join(map(str, train_folders))}')
     curve = out / 'curve.csv'
     columns = 'samples,val_abs_rel,val_delta1,train_loss,wall_s,lr,selection_abs_rel'
     if not curve.exists():
@@ -322,7 +323,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     t_start = time.time()
     next_val = (samples // val_every + 1) * val_every
     losses: list = []
-    freeze_bn = bool(t.get('freeze_bn', False))
     set_training_mode(model, freeze_bn)
     while True:
         # re-read the shards every pass: a renderer may have added some (the previous pass's
