@@ -40,7 +40,13 @@ lane dfv_s "2 4" "4:0:16 5:0:8" &
 wait
 
 # export the validation-best checkpoints (chosen on validation only)
-$PY -m training.export_focus checkpoints/ddfs_s/best.pt --out engines/ddfs_s.onnx
+# Session 17-18: the shipped ddfs_s is ddfs_s's 960,000-sample best fine-tuned on the same draws rendered at 192 px
+# (training/configs/ddfs_s_r192.yaml, 960k -> 1,000k, chosen at 256 px on validation: training/README.md, session 17);
+# its committed weights are exported as they are (batches 0: BatchNorm was frozen in that run).  To rerun it, the render
+# and train commands at the top of that config, from the ddfs_s lane's 960k best.pt saved as checkpoints/ddfs_s_r192/last.pt.
+$PY -m training.average_weights training/weights/ddfs_s_r192.pt --config training/configs/ddfs_s_r192.yaml --batches 0 \
+    --out checkpoints/ddfs_s_r192/shipped.pt
+$PY -m training.export_focus checkpoints/ddfs_s_r192/shipped.pt --out engines/ddfs_s.onnx
 $PY -m training.export_focus checkpoints/dfv_s/best.pt --out engines/dfv_s.onnx
 $PY -m training.plot_curves --runs ddfs_s dfv_s --out training/learning_curves.png
 
