@@ -48,7 +48,7 @@ $PY -m training.average_weights training/weights/ddfs_s_r192.pt --config trainin
     --out checkpoints/ddfs_s_r192/shipped.pt
 $PY -m training.export_focus checkpoints/ddfs_s_r192/shipped.pt --out engines/ddfs_s.onnx
 $PY -m training.export_focus checkpoints/dfv_s/best.pt --out engines/dfv_s.onnx
-$PY -m training.plot_curves --runs ddfs_s dfv_s --out training/learning_curves.png
+$PY -m training.plot_curves --runs ddfs_s dfv_s ddfs_s_r192 --out training/learning_curves.png
 
 # test once, on bags of scenes no training or selection used (docs/EVALUATING.md section 6)
 make eval-bags eval-table
