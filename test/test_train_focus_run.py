@@ -58,6 +58,9 @@ def test_selection_over_val_parts_resume_and_growth(tmp_path, monkeypatch):
 
     # a validation part joins: the old best is measured on the new set before anything replaces it
     conf['data']['extra_train'] = [{'cache': str(tmp_path / 'b'), 'val': True}]
+    _run(tmp_path, conf, 12)           # a pass over a and b is 8 samples: stops mid-pass, at the check of 12
+    assert torch.load(tmp_path / 'ck' / 'last.pt', weights_only=False)['samples'] == 12
+    assert torch.load(tmp_path / 'training' / 'weights' / 'tiny.pt', weights_only=False)['samples'] == 12
     log = _run(tmp_path, conf, 16)
     assert "validation now on ['a', 'b']" in log
     ck = torch.load(tmp_path / 'ck' / 'last.pt', weights_only=False)
@@ -86,7 +89,7 @@ def test_selection_over_val_parts_resume_and_growth(tmp_path, monkeypatch):
     before = ck['model']
     _run(tmp_path, conf, 20)
     after = torch.load(tmp_path / 'ck' / 'last.pt', weights_only=False)
-    assert after['samples'] >= 20          # samples_max is checked after each pass
+    assert after['samples'] == 28          # resumed at 24: stops at its first check past samples_max
     first = next(k for k in before if before[k].dim() == 4)
     assert after['model'][first].shape[1] == before[first].shape[1] + D
     assert after['model'][first][:, -D:].abs().sum() > 0     # the new channels started at 0 and learn

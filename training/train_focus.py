@@ -377,9 +377,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 if stop_at and time.time() > stop_at:
                     say('time limit reached')
                     return
-        if samples >= int(t.get('samples_max', 10 ** 9)):
-            say('samples_max reached')
-            return
+                # checked at the validation that reaches it, so last.pt and the weights file hold
+                # exactly that checkpoint (a pass can run thousands of samples past it)
+                if samples >= int(t.get('samples_max', 10 ** 9)):
+                    say('samples_max reached')
+                    return
 
 
 if __name__ == '__main__':
