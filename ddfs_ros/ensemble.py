@@ -34,6 +34,14 @@ training/README.md): it helps on every validation source (most on scenes soft in
 themselves) and hurts on ``motorcycle_sweep`` (on its textured pixels), and the members'
 uncertainties do not tell the two apart, so no shipped engine uses it.
 
+``sigma_scales`` (optional, one positive number per member, default all 1; ``engines/ens_s.json``
+gives ``dfv_s`` 1.28) multiplies that member's uncertainty before the combination.  The
+members' uncertainties are not on one scale: measured on validation (session 19,
+training/README.md), the median of sigma / |error| in dioptres is 4.85 for ``ddfs_s`` and 3.79
+for ``dfv_s``, so plain inverse variance gives ``dfv_s`` more weight than its errors earn;
+a scale of 4.85 / 3.79 puts both on ``ddfs_s``'s (the first member's scale stays 1, so
+the combined uncertainty keeps the meaning the sanity mask was set for).
+
 Why dioptres: every member outputs the expectation of a distribution over hypotheses
 spaced in dioptres, and its uncertainty (m) is that distribution's spread, so the
 members' errors are closest to Gaussian there.  The depth is the inverse-variance
@@ -106,6 +114,8 @@ class EnsembleManifest(ImageSize):
     combine: str
     views: list[str] = field(default_factory=lambda: ['identity'])
     scales: list[float] = field(default_factory=lambda: [1.0])
+    #: One factor per member on its uncertainty before the combination (calibration).
+    sigma_scales: list[float] = field(default_factory=list)
     raw: dict = field(repr=False, default_factory=dict)
     family: str = ENSEMBLE_FAMILY
     #: Filled in by :func:`load_ensemble_engine` from the members (all dynamic = dynamic).
@@ -128,7 +138,7 @@ def load_ensemble_manifest(path: str | Path) -> EnsembleManifest:
         EngineError: unreadable JSON, fewer than two runs per stack (members x views x
             scales), a missing or nested member, an unknown combination rule or view, views
             that repeat or do not start with ``identity``, scales that repeat, do not start
-            with 1 or leave [MIN_SCALE, 1].
+            with 1 or leave [MIN_SCALE, 1], ``sigma_scales`` not one finite positive number per member.
     """
     path = Path(path)
     raw = read_manifest_json(path)
@@ -159,11 +169,18 @@ def load_ensemble_manifest(path: str | Path) -> EnsembleManifest:
             raise EngineError(f'ensemble manifest {path}: member {p} does not exist')
         if is_ensemble_manifest(p):
             raise EngineError(f'ensemble manifest {path}: member {p} is an ensemble (not supported)')
+    sigma_scales = raw.get('sigma_scales', [1.0] * len(members))
+    if (not isinstance(sigma_scales, list) or len(sigma_scales) != len(members)
+            or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not np.isfinite(x) or x <= 0
+                   for x in sigma_scales)):
+        raise EngineError(f'ensemble manifest {path}: "sigma_scales" must give one finite positive number per '
+                          f'member ({len(members)}), got {sigma_scales!r}')
     combine = str(raw.get('combine', COMBINE_RULES[0]))
     if combine not in COMBINE_RULES:
         raise EngineError(f'ensemble manifest {path}: unknown combine {combine!r} (one of {COMBINE_RULES})')
     return EnsembleManifest(path=path, name=str(raw.get('name') or path.stem), members=paths, combine=combine,
-                            views=[str(v) for v in views], scales=scales, raw=raw)
+                            views=[str(v) for v in views], scales=scales,
+                            sigma_scales=[float(x) for x in sigma_scales], raw=raw)
 
 
 class EnsembleEngine:
@@ -281,15 +298,18 @@ class EnsemblePipeline:
         t0 = time.perf_counter()
         members = self.usable(stack)
         aligned = self.align != 'off'
-        results = []
+        results, sigma = [], []
         for i, m in enumerate(members):
+            c = self.manifest.sigma_scales[self.members.index(m)] if self.manifest.sigma_scales else 1.0
             for k, scale in enumerate(self.manifest.scales):
                 for j, view in enumerate(self.manifest.views):
                     r = m.run(mirrored(stack, view), all_in_focus=all_in_focus and aligned and i == j == k == 0,
                               scale=scale)
                     results.append(r if view == 'identity' else mirror_result(r, view))
+                    sigma.append(c)
         t1 = time.perf_counter()
-        depth, unc = combine_inverse_variance([r.depth for r in results], [r.uncertainty for r in results])
+        depth, unc = combine_inverse_variance([r.depth for r in results],
+                                              [r.uncertainty * c for r, c in zip(results, sigma)])
         hyp = np.unique(np.concatenate([r.hypotheses for r in results]))
         lo, hi = float(hyp.min()), float(hyp.max())
         aif = None

@@ -75,6 +75,10 @@ def test_agreeing_members_keep_their_depth_and_a_zero_spread_is_floored():
     (None, {'scales': []}, '"scales" must list numbers'),
     (['missing.json', 'missing2.json'], {}, 'does not exist'),
     (None, {'combine': 'vote'}, 'unknown combine'),
+    (None, {'sigma_scales': [1.0]}, 'one finite positive number per member'),
+    (None, {'sigma_scales': [1.0, 0.0]}, 'one finite positive number per member'),
+    (None, {'sigma_scales': [1.0, True]}, 'one finite positive number per member'),
+    (None, {'sigma_scales': {'a': 1.0}}, 'one finite positive number per member'),
 ])
 def test_bad_ensemble_manifests_are_refused(tiny_engines, tmp_path, members, extra, match):
     members = members or [str(tiny_engines['ddfs']), str(tiny_engines['dfv'])]
@@ -123,6 +127,26 @@ def test_pipeline_combines_its_members_outputs(tiny_ensemble, tiny_engines):
     np.testing.assert_allclose(res.uncertainty, want_u, rtol=1e-4)
     assert res.all_in_focus.shape == stack.frames.shape[1:]
     assert res.backend == 'tiny_ddfs:onnxruntime+tiny_dfv:onnxruntime'
+
+
+def test_sigma_scales_reweigh_the_members(tiny_engines, tmp_path):
+    """A member's uncertainty is multiplied by its sigma_scale before the combination."""
+    ens = _ensemble(tmp_path, [str(tiny_engines['ddfs']), str(tiny_engines['dfv'])], sigma_scales=[1.0, 3.0])
+    pipe = make_pipeline(load_engine(ens, backend='onnxruntime'), hypothesis_mode='from_focus',
+                         max_relative_uncertainty=None)
+    stack = _stack()
+    res = pipe.run(stack)
+    singles = [DepthPipeline(load_engine(tiny_engines[k], backend='onnxruntime'), hypothesis_mode='from_focus',
+                             max_relative_uncertainty=None).run(stack) for k in ('ddfs', 'dfv')]
+    want_d, want_u = combine_inverse_variance([r.depth for r in singles],
+                                              [singles[0].uncertainty, 3.0 * singles[1].uncertainty])
+    plain_d, _ = combine_inverse_variance([r.depth for r in singles], [r.uncertainty for r in singles])
+    finite = np.isfinite(res.depth)
+    np.testing.assert_allclose(res.depth[finite], want_d[finite], rtol=1e-4)
+    np.testing.assert_allclose(res.uncertainty, want_u, rtol=1e-4)
+    # the second member lost weight: the result moved towards the first member's depth
+    gap = lambda d: np.nanmean(np.abs(1 / d - 1 / singles[0].depth))
+    assert gap(res.depth) < gap(plain_d)
     lo = min(r.hypotheses.min() for r in singles)
     hi = max(r.hypotheses.max() for r in singles)
     assert res.depth_range == pytest.approx((lo, hi))
