@@ -298,7 +298,7 @@ class EnsemblePipeline:
         t0 = time.perf_counter()
         members = self.usable(stack)
         aligned = self.align != 'off'
-        results, sigma = [], []
+        results, factors = [], []          # factors: each run's member's sigma_scale
         for i, m in enumerate(members):
             c = self.manifest.sigma_scales[self.members.index(m)] if self.manifest.sigma_scales else 1.0
             for k, scale in enumerate(self.manifest.scales):
@@ -306,10 +306,10 @@ class EnsemblePipeline:
                     r = m.run(mirrored(stack, view), all_in_focus=all_in_focus and aligned and i == j == k == 0,
                               scale=scale)
                     results.append(r if view == 'identity' else mirror_result(r, view))
-                    sigma.append(c)
+                    factors.append(c)
         t1 = time.perf_counter()
         depth, unc = combine_inverse_variance([r.depth for r in results],
-                                              [r.uncertainty * c for r, c in zip(results, sigma)])
+                                              [r.uncertainty * c for r, c in zip(results, factors)])
         hyp = np.unique(np.concatenate([r.hypotheses for r in results]))
         lo, hi = float(hyp.min()), float(hyp.max())
         aif = None
