@@ -114,7 +114,8 @@ class EnsembleManifest(ImageSize):
     combine: str
     views: list[str] = field(default_factory=lambda: ['identity'])
     scales: list[float] = field(default_factory=lambda: [1.0])
-    #: One factor per member on its uncertainty before the combination (calibration).
+    #: One factor per member on its uncertainty before the combination (calibration; the
+    #: loader fills one per member, 1 where the manifest gives none).
     sigma_scales: list[float] = field(default_factory=list)
     raw: dict = field(repr=False, default_factory=dict)
     family: str = ENSEMBLE_FAMILY
@@ -298,18 +299,17 @@ class EnsemblePipeline:
         t0 = time.perf_counter()
         members = self.usable(stack)
         aligned = self.align != 'off'
-        results, factors = [], []          # factors: each run's member's sigma_scale
+        results, sigmas = [], []           # sigmas: each run's uncertainty times its member's sigma_scale
         for i, m in enumerate(members):
-            c = self.manifest.sigma_scales[self.members.index(m)] if self.manifest.sigma_scales else 1.0
+            c = self.manifest.sigma_scales[self.members.index(m)]
             for k, scale in enumerate(self.manifest.scales):
                 for j, view in enumerate(self.manifest.views):
                     r = m.run(mirrored(stack, view), all_in_focus=all_in_focus and aligned and i == j == k == 0,
                               scale=scale)
                     results.append(r if view == 'identity' else mirror_result(r, view))
-                    factors.append(c)
+                    sigmas.append(results[-1].uncertainty * c)
         t1 = time.perf_counter()
-        depth, unc = combine_inverse_variance([r.depth for r in results],
-                                              [r.uncertainty * c for r, c in zip(results, factors)])
+        depth, unc = combine_inverse_variance([r.depth for r in results], sigmas)
         hyp = np.unique(np.concatenate([r.hypotheses for r in results]))
         lo, hi = float(hyp.min()), float(hyp.max())
         aif = None
